@@ -8,18 +8,18 @@ Docs: https://minimind-course.github.io/minimind/config.html.md"""
 __all__ = ['DEFAULT_YARN', 'PRESETS', 'HF_BOOKKEEPING_KEYS', 'default_intermediate_size', 'MiniMindConfig', 'count_parameters',
            'preset_table', 'fixtures_dir']
 
-# %% ../nbs/00_config.ipynb #9c31464d
+# %% ../nbs/00_config.ipynb #247f5965
 import json, math, os
 from dataclasses import dataclass, field, fields, asdict, replace
 from pathlib import Path
 from typing import Optional
 
-# %% ../nbs/00_config.ipynb #de02b7be
+# %% ../nbs/00_config.ipynb #f6c0d25a
 def default_intermediate_size(hidden_size:int) -> int:
     "SwiGLU width: 8/3 of `hidden_size`, rounded up to a multiple of 64 (MiniMind2's rule)."
     return 64 * math.ceil(8 * hidden_size / 3 / 64)
 
-# %% ../nbs/00_config.ipynb #23212c15
+# %% ../nbs/00_config.ipynb #dbca6395
 @dataclass
 class MiniMindConfig:
     "Every hyper-parameter of a MiniMind model; field names follow MiniMind2's `config.json`."
@@ -75,10 +75,10 @@ class MiniMindConfig:
             missing = {'factor', 'original_max_position_embeddings'} - set(self.rope_scaling)
             if missing: raise ValueError(f"rope_scaling lacks {sorted(missing)}")
 
-# %% ../nbs/00_config.ipynb #845bf289
+# %% ../nbs/00_config.ipynb #6846b2e0
 DEFAULT_YARN = dict(type='yarn', factor=16.0, original_max_position_embeddings=2048, beta_fast=32.0, beta_slow=1.0)
 
-# %% ../nbs/00_config.ipynb #073c8798
+# %% ../nbs/00_config.ipynb #d00aeb14
 PRESETS = {
     'minimind2-small': dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2),
     'minimind2':       dict(hidden_size=768, num_hidden_layers=16, num_attention_heads=8, num_key_value_heads=2),
@@ -89,14 +89,14 @@ PRESETS = {
                             max_position_embeddings=2048, use_moe=True),
 }
 
-# %% ../nbs/00_config.ipynb #35a84533
+# %% ../nbs/00_config.ipynb #22cbadd3
 def _from_preset(cls, name:str, **overrides) -> MiniMindConfig:
     "The named preset, with any field overridden by keyword."
     if name not in PRESETS: raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return cls(**{**PRESETS[name], **overrides})
 MiniMindConfig.from_preset = classmethod(_from_preset)
 
-# %% ../nbs/00_config.ipynb #ec919aaf
+# %% ../nbs/00_config.ipynb #088cac5e
 def count_parameters(cfg:MiniMindConfig) -> tuple:
     "`(total, active)` parameter counts of the model `cfg` describes, from the config alone (tied head not counted twice)."
     d, hd = cfg.hidden_size, cfg.head_dim
@@ -114,7 +114,7 @@ def count_parameters(cfg:MiniMindConfig) -> tuple:
     fixed = embedding + head + d  # + final norm
     return fixed + cfg.num_hidden_layers * layer_total, fixed + cfg.num_hidden_layers * layer_active
 
-# %% ../nbs/00_config.ipynb #f174fc3e
+# %% ../nbs/00_config.ipynb #46f708b8
 def preset_table() -> list:
     "One row per preset: name, shape, total and active parameters."
     rows = []
@@ -127,14 +127,14 @@ def preset_table() -> list:
                          experts=experts, total=total, active=active))
     return rows
 
-# %% ../nbs/00_config.ipynb #ab3f07f6
+# %% ../nbs/00_config.ipynb #38db5ada
 HF_BOOKKEEPING_KEYS = {'architectures', 'auto_map', 'model_type', 'torch_dtype', 'dtype', 'transformers_version',
                        '_name_or_path', 'use_cache', 'return_dict', 'output_hidden_states', 'output_attentions',
                        'torchscript', 'pad_token_id', 'initializer_range', 'attention_bias', 'mlp_bias',
                        'pretraining_tp', 'attention_dropout', 'head_dim', 'is_decoder', 'id2label', 'label2id',
                        'problem_type', 'tokenizer_class', 'chunk_size_feed_forward', 'add_cross_attention'}
 
-# %% ../nbs/00_config.ipynb #c21fa63e
+# %% ../nbs/00_config.ipynb #3baf878c
 def _from_dict(cls, d:dict) -> MiniMindConfig:
     "Build a config from a `config.json` dict: unknown keys raise, Hugging Face bookkeeping keys are ignored."
     known = {f.name for f in fields(cls)}
@@ -172,7 +172,7 @@ MiniMindConfig.to_dict = _to_dict
 MiniMindConfig.save = _save
 MiniMindConfig.load = classmethod(_load)
 
-# %% ../nbs/00_config.ipynb #f702975c
+# %% ../nbs/00_config.ipynb #e15b4bd2
 def fixtures_dir(required:bool=None) -> Optional[Path]:
     "The reference fixtures folder, or None if absent (an error instead when `required` or $MINIMIND_REQUIRE_FIXTURES)."
     if required is None: required = bool(os.environ.get('MINIMIND_REQUIRE_FIXTURES'))
