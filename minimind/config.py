@@ -6,7 +6,7 @@ Docs: https://minimind-course.github.io/minimind/config.html.md"""
 
 # %% auto #0
 __all__ = ['DEFAULT_YARN', 'PRESETS', 'HF_BOOKKEEPING_KEYS', 'default_intermediate_size', 'MiniMindConfig', 'count_parameters',
-           'preset_table', 'fixtures_dir']
+           'preset_table', 'fixtures_dir', 'cli']
 
 # %% ../nbs/00_config.ipynb #247f5965
 import json, math, os
@@ -186,3 +186,28 @@ def fixtures_dir(required:bool=None) -> Optional[Path]:
         if (c / 'minimind2').is_dir(): return c
     if required: raise FileNotFoundError(f"reference fixtures not found (looked in {[str(c) for c in cands]}); set $MINIMIND_FIXTURES")
     return None
+
+# %% ../nbs/00_config.ipynb #bf31b040
+import inspect, re, sys
+from functools import wraps
+from fastcore.script import anno_parser, CliError
+
+def _hyphenate_flag(arg:str) -> str:
+    "`--max_seq_len=512` -> `--max-seq-len=512`; values and positionals untouched."
+    if not arg.startswith('--'): return arg
+    name, eq, value = arg.partition('=')
+    return name.replace('_', '-') + eq + value
+
+def cli(func):
+    "Make `func` a console script: run as `func.__name__`, it parses `sys.argv` (flags with `-` or `_`) and returns None."
+    @wraps(func)
+    def _main(*args, **kwargs):
+        if args or kwargs or Path(sys.argv[0]).name != func.__name__: return func(*args, **kwargs)
+        argv = sys.argv[1:]
+        cut = argv.index('--') if '--' in argv else len(argv)  # after a bare `--` everything is a value
+        argv = [_hyphenate_flag(a) for a in argv[:cut]] + argv[cut:]
+        parsed = anno_parser(func, prog=func.__name__).parse_args(argv)
+        params = inspect.signature(func).parameters  # anno_parser adds its own flags (e.g. --pdb): keep only ours
+        try: func(**{k: v for k, v in vars(parsed).items() if k in params})
+        except CliError as e: raise SystemExit(str(e))
+    return _main

@@ -1,0 +1,183 @@
+"Tokenizer tests that a notebook should not run: many-case template parity, the console script end to end, transformers."
+import functools, json, random, shutil, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+from minimind.tokenizer import (MINIMIND2_CHAT_TEMPLATE, SPECIAL_TOKENS, TAG_TOKENS, MiniMindTokenizer, load_tokenizer,
+                                render_chat, train_tokenizer)
+
+FIXTURES = Path(__file__).resolve().parents[1].parent/'shared'/'fixtures'/'minimind2'
+needs_fixtures = pytest.mark.skipif(not (FIXTURES/'tokenizer.json').exists(), reason=f"MiniMind2 fixtures not at {FIXTURES}")
+
+TEXTS = ['Hello, world!', '小明住在北京，他是一名医生。', 'emoji 👋🏽 and 🇨🇳', '', '  spaces \n\n tabs\t', '{{ not jinja }} {% raw %}',
+         '<|im_end|> inside text', '<think>\n12+30=42\n</think>\n<answer>\n42\n</answer>', '"quotes" and \\backslashes\\',
+         '<tool_response>\nx\n</tool_response>', 'mixed 中文 and English 123']
+ROUNDTRIP = TEXTS + ['\x00\x01\x7f control', '\u200b zero width', 'ﬁ café naïve Ω', '\r\n windows \r\n', 'a' * 1000, '🙂' * 50]
+TOOL = {'type': 'function', 'function': {'name': 'get_weather', 'description': '查询天气',
+        'parameters': {'type': 'object', 'properties': {'city': {'type': 'string', 'description': '城市'}}, 'required': ['city']}}}
+
+
+@functools.lru_cache
+def jinja_template(template):
+    "Reference: `template` compiled the way transformers compiles chat templates (not the package's helper)."
+    jinja2 = pytest.importorskip('jinja2')
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters['tojson'] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: json.dumps(
+        x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    return env.from_string(template)
+
+
+def jinja_render(template, messages, add_generation_prompt, enable_thinking, tools):
+    extra = {} if enable_thinking is None else {'enable_thinking': enable_thinking}  # transformers passes only what it is given
+    return jinja_template(template).render(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt, **extra)
+
+
+def random_tool_call(rng):
+    arguments = rng.choice([{'city': rng.choice(['北京', 'Paris'])}, {}, {'n': rng.randint(0, 99), 'ok': True}, '{"raw": "string"}'])
+    call = {'name': rng.choice(['get_weather', 'add', '查询']), 'arguments': arguments}
+    return {'type': 'function', 'function': call} if rng.random() < 0.7 else call
+
+
+def random_messages(rng):
+    "A conversation mixing every role and shape the template handles."
+    messages = [{'role': 'system', 'content': rng.choice(TEXTS)}] if rng.random() < 0.4 else []
+    for _ in range(rng.randint(1, 7)):
+        kind = rng.choice(['user', 'user', 'assistant', 'assistant', 'tool_calls', 'tool', 'system', 'other', 'nonstring'])
+        if kind == 'tool_calls':
+            messages.append({'role': 'assistant', 'content': rng.choice([None, '', 'Let me check.', '我查一下。']),
+                             'tool_calls': [random_tool_call(rng) for _ in range(rng.randint(1, 3))]})
+        elif kind == 'other': messages.append({'role': 'developer', 'content': rng.choice(TEXTS)})
+        elif kind == 'nonstring': messages.append({'role': rng.choice(['user', 'assistant', 'tool']), 'content': [{'type': 'text', 'text': 'x'}]})
+        else: messages.append({'role': kind, 'content': rng.choice(TEXTS)})
+    return messages
+
+
+def test_template_text_is_minimind2s():
+    if not (FIXTURES/'tokenizer_config.json').exists(): pytest.skip('fixtures missing')
+    assert MINIMIND2_CHAT_TEMPLATE == json.loads((FIXTURES/'tokenizer_config.json').read_text())['chat_template']
+
+
+@pytest.mark.parametrize('seed', range(40))
+def test_render_chat_matches_jinja(seed):
+    rng = random.Random(seed)
+    for _ in range(10):
+        messages = random_messages(rng)
+        for tools in (None, [], [TOOL], [TOOL, {'name': 'add', 'description': 'a + b'}]):
+            for add_generation_prompt in (False, True):
+                for enable_thinking in (None, True, False):
+                    expected = jinja_render(MINIMIND2_CHAT_TEMPLATE, messages, add_generation_prompt, enable_thinking, tools)
+                    got = render_chat(messages, add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking, tools=tools)
+                    assert got == expected, (messages, tools, add_generation_prompt, enable_thinking)
+
+
+def test_render_chat_known_text():
+    messages = [{'role': 'user', 'content': '你好'}, {'role': 'assistant', 'content': '你好！'}, {'role': 'user', 'content': '1+1?'}]
+    assert render_chat(messages, add_generation_prompt=True, enable_thinking=False) == (
+        '<|im_start|>system\nYou are a helpful assistant<|im_end|>\n<|im_start|>user\n你好<|im_end|>\n'
+        '<|im_start|>assistant\n你好！<|im_end|>\n<|im_start|>user\n1+1?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n')
+
+
+@needs_fixtures
+def test_minimind2_tokenizer_loads_and_roundtrips():
+    tokenizer = MiniMindTokenizer.from_pretrained(FIXTURES)
+    assert (len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (6400, 0, 1, 2)
+    for text in ROUNDTRIP + ['<|im_start|>user\nhi<|im_end|>\n<|endoftext|>']:
+        assert tokenizer.decode(tokenizer.encode(text)) == text
+    assert tokenizer.encode_batch(ROUNDTRIP) == [tokenizer.encode(t) for t in ROUNDTRIP]
+    ids = tokenizer.encode('<|im_start|>user\nhi<|im_end|>')
+    assert ids[0] == 1 and ids[-1] == 2 and tokenizer.decode(ids, skip_special_tokens=True) == 'user\nhi'
+    messages = [{'role': 'user', 'content': '你好'}]
+    assert tokenizer.apply_chat_template(messages, add_generation_prompt=True) == render_chat(messages, add_generation_prompt=True)
+
+
+def test_shipped_tokenizer_layout():
+    tokenizer = load_tokenizer()
+    assert (len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (6400, 0, 1, 2)
+    assert [tokenizer.id_to_token(i) for i in range(7)] == SPECIAL_TOKENS + TAG_TOKENS
+    assert tokenizer.chat_template == MINIMIND2_CHAT_TEMPLATE
+    for token_id, tag in enumerate(TAG_TOKENS, start=3):
+        assert tokenizer.encode(tag) == [token_id]
+        assert tokenizer.encode(f'x{tag}y')[1:-1] == [token_id]
+    text = '<|im_start|>assistant\n<think>\n3\n</think>\n<answer>\n3\n</answer><|im_end|>'
+    assert tokenizer.decode(tokenizer.encode(text), skip_special_tokens=True) == 'assistant\n<think>\n3\n</think>\n<answer>\n3\n</answer>'
+    for text in ROUNDTRIP: assert tokenizer.decode(tokenizer.encode(text)) == text
+    messages = [{'role': 'user', 'content': 'hi'}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    assert ids == tokenizer.encode(render_chat(messages, add_generation_prompt=True)) and ids.count(1) == 3 and ids.count(2) == 2
+
+
+def test_training_is_deterministic_and_roundtrips():
+    texts = ['the cat sat on the mat', '小猫坐在垫子上', '<|im_start|>user\nhi<|im_end|>'] * 30
+    first, second = (train_tokenizer(texts, vocab_size=300, show_progress=False) for _ in range(2))
+    assert first.tokenizer.to_str() == second.tokenizer.to_str()
+    for text in ROUNDTRIP: assert first.decode(first.encode(text)) == text
+
+
+def run_cli(*args, cwd):
+    "Run `minimind_tokenizer` as a user would: the installed console script, else the same entry point from a script file."
+    script = shutil.which('minimind_tokenizer', path=str(Path(sys.executable).parent))
+    if script: command = [script]
+    else:
+        launcher = Path(cwd)/'launch_minimind_tokenizer.py'
+        launcher.write_text('from minimind.tokenizer import minimind_tokenizer\nminimind_tokenizer()\n')
+        command = [sys.executable, str(launcher)]
+    return subprocess.run(command + list(args), cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_end_to_end(tmp_path):
+    data = tmp_path/'small.jsonl'
+    rows = [{'text': f'Person {i} lives in city {i % 7}. 第{i}个人住在第{i % 7}个城市。'} for i in range(200)]
+    rows += [{'conversations': [{'role': 'user', 'content': f'What is {i}+{i}?'}, {'role': 'assistant', 'content': f'<think>\n{i}+{i}\n</think>\n<answer>\n{2*i}\n</answer>'}]} for i in range(50)]
+    data.write_text(''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in rows), encoding='utf-8')
+    notes = tmp_path/'notes.txt'
+    notes.write_text('plain text lines\nare read too\n' * 20)
+    result = run_cli('--data', str(data), str(notes), '--out', str(tmp_path/'tok'), '--vocab-size', '320', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert 'MB/s' in result.stdout and 'bytes/token' in result.stdout
+    assert sorted(p.name for p in (tmp_path/'tok').iterdir()) == ['tokenizer.json', 'tokenizer_config.json']
+    tokenizer = load_tokenizer(tmp_path/'tok')
+    assert (len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.encode('<think>')) == (320, 1, 2, [3])
+    assert tokenizer.decode(tokenizer.encode('第7个人 lives 🙂')) == '第7个人 lives 🙂'
+    # a bad line stops the run before anything is written, naming its file and line number
+    data.write_text(json.dumps(rows[0]) + '\n' + '{"text": "unterminated\n', encoding='utf-8')
+    result = run_cli('--data', str(data), '--out', str(tmp_path/'bad'), '--vocab-size', '300', cwd=tmp_path)
+    assert result.returncode != 0 and f'{data}:2' in result.stderr and not (tmp_path/'bad').exists()
+    result = run_cli('--data', str(data), '--out', str(tmp_path/'skipped'), '--vocab-size', '270', '--skip-bad', cwd=tmp_path)
+    assert result.returncode == 0 and '1 skipped' in result.stdout and load_tokenizer(tmp_path/'skipped').encode('<answer>') == [5]
+
+
+@pytest.mark.parametrize('which', ['shipped', 'minimind2'])
+def test_transformers_loads_and_agrees(which, tmp_path):
+    transformers = pytest.importorskip('transformers')
+    if which == 'minimind2':
+        if not (FIXTURES/'tokenizer.json').exists(): pytest.skip('fixtures missing')
+        ours = MiniMindTokenizer.from_pretrained(FIXTURES)
+    else: ours = load_tokenizer()
+    ours.save_pretrained(tmp_path)
+    hf = transformers.PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
+    assert (hf.pad_token_id, hf.bos_token_id, hf.eos_token_id, len(hf)) == (0, 1, 2, len(ours))
+    for text in ROUNDTRIP:
+        assert hf.encode(text, add_special_tokens=False) == ours.encode(text)
+        assert hf.decode(ours.encode(text)) == text
+    rng = random.Random(0)
+    for _ in range(30):
+        messages = random_messages(rng)
+        for tools in (None, [TOOL]):
+            for add_generation_prompt in (False, True):
+                for enable_thinking in (None, False):
+                    extra = {} if enable_thinking is None else {'enable_thinking': enable_thinking}
+                    expected = hf.apply_chat_template(messages, tools=tools, add_generation_prompt=add_generation_prompt, tokenize=False, **extra)
+                    assert ours.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking,
+                                                    tools=tools) == expected
+
+
+def test_shipped_tokenizer_is_reproducible_from_the_corpus():
+    "The shipped files are what training on the current embedded corpus gives (retrain them if the corpus changed)."
+    from minimind.tokenizer import default_training_files, iter_training_texts
+    retrained = train_tokenizer(iter_training_texts(default_training_files(), progress=False), show_progress=False)
+    assert retrained.tokenizer.to_str() == load_tokenizer().tokenizer.to_str(), (
+        "minimind/assets/tokenizer is stale: the embedded corpus changed since it was trained; "
+        "run `minimind_tokenizer --out minimind/assets/tokenizer` and commit the result")
