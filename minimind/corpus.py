@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 from typing import Iterator, Iterable, Optional
-from fastcore.script import call_parse
+from .config import cli
 from tqdm.auto import tqdm
 
 # %% ../nbs/01_corpus.ipynb #10ed1b39
@@ -1235,7 +1235,7 @@ def format_summary(rows:list) -> str:
     return '\n'.join(out)
 
 # %% ../nbs/01_corpus.ipynb #509e4de8
-@call_parse
+@cli
 def minimind_data(
     out:str=None,         # folder to write the corpus into (default: the cache folder that every chapter reads)
     seed:int=0,           # seed of the toy world and of every sampled record

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Annotated, Iterable, Iterator, Optional, Union
 
 from fastcore.basics import patch
-from fastcore.script import CliError, call_parse
+from fastcore.script import CliError
+from .config import cli
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm  # text bars: they also show in the static docs, where widgets do not
 
@@ -373,7 +374,7 @@ def default_training_files() -> list:
     return [path for name, path in default_corpus().items() if not name.startswith('eval')]
 
 # %% ../nbs/02_tokenizer.ipynb #1ed4c3ec
-@call_parse
+@cli
 def minimind_tokenizer(
     data:Annotated[str, {'nargs': '+'}]=None,  # JSONL (`text`, `conversations` or DPO pairs) or plain-text files; default: the embedded corpus
     out:str='out/tokenizer',  # folder to write tokenizer.json and tokenizer_config.json to
