@@ -174,7 +174,7 @@ MiniMindConfig.load = classmethod(_load)
 
 # %% ../nbs/00_config.ipynb #e15b4bd2
 def fixtures_dir(required:bool=None) -> Optional[Path]:
-    "The reference fixtures folder, or None if absent (an error instead when `required` or $MINIMIND_REQUIRE_FIXTURES)."
+    "The reference fixtures folder, or None if absent (an error instead when `required` or the environment sets `MINIMIND_REQUIRE_FIXTURES`)."
     if required is None: required = bool(os.environ.get('MINIMIND_REQUIRE_FIXTURES'))
     cands = [Path(os.environ['MINIMIND_FIXTURES'])] if os.environ.get('MINIMIND_FIXTURES') else []
     here = Path.cwd().resolve()
