@@ -6,7 +6,7 @@ Docs: https://minimind-course.github.io/minimind/config.html.md"""
 
 # %% auto #0
 __all__ = ['DEFAULT_YARN', 'PRESETS', 'HF_BOOKKEEPING_KEYS', 'default_intermediate_size', 'MiniMindConfig', 'count_parameters',
-           'preset_table', 'fixtures_dir', 'cli']
+           'preset_table', 'fixtures_dir', 'run_cli', 'cli']
 
 # %% ../nbs/00_config.ipynb #247f5965
 import json, math, os
@@ -198,16 +198,20 @@ def _hyphenate_flag(arg:str) -> str:
     name, eq, value = arg.partition('=')
     return name.replace('_', '-') + eq + value
 
+def run_cli(func, argv:list=None):
+    "Parse `argv` (default `sys.argv[1:]`; flags spelled with `-` or `_`) into `func`'s parameters and call it; returns None."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index('--') if '--' in argv else len(argv)  # after a bare `--` everything is a value
+    argv = [_hyphenate_flag(a) for a in argv[:cut]] + argv[cut:]
+    parsed = anno_parser(func, prog=Path(sys.argv[0]).name).parse_args(argv)
+    params = inspect.signature(func).parameters  # anno_parser adds its own flags (e.g. --pdb): keep only ours
+    try: func(**{k: v for k, v in vars(parsed).items() if k in params})
+    except CliError as e: raise SystemExit(str(e)) from None  # a message for the user, not a traceback
+
 def cli(func):
-    "Make `func` a console script: run as `func.__name__`, it parses `sys.argv` (flags with `-` or `_`) and returns None."
+    "Make `func` a console script: run as `func.__name__`, it parses `sys.argv` with `run_cli`; called with arguments, it just runs."
     @wraps(func)
     def _main(*args, **kwargs):
         if args or kwargs or Path(sys.argv[0]).name != func.__name__: return func(*args, **kwargs)
-        argv = sys.argv[1:]
-        cut = argv.index('--') if '--' in argv else len(argv)  # after a bare `--` everything is a value
-        argv = [_hyphenate_flag(a) for a in argv[:cut]] + argv[cut:]
-        parsed = anno_parser(func, prog=func.__name__).parse_args(argv)
-        params = inspect.signature(func).parameters  # anno_parser adds its own flags (e.g. --pdb): keep only ours
-        try: func(**{k: v for k, v in vars(parsed).items() if k in params})
-        except CliError as e: raise SystemExit(str(e))
+        run_cli(func)
     return _main

@@ -1,0 +1,158 @@
+"""Multi-process and crash tests of `minimind.trainer` (chapter 09): DDP equivalence, kill-and-resume, resume on
+another world size, DeepSpeed ZeRO-2, NaN stop, SIGTERM. Each run is a subprocess of tests/dist_scripts/train_tiny.py."""
+import json, math, os, random, signal, socket, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / 'tests' / 'dist_scripts' / 'train_tiny.py'
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def env():
+    e = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'): e.pop(k, None)
+    return e
+
+
+def cmd(out, nproc=1, **kw):
+    "The command line that trains with `nproc` processes (torchrun when > 1) and flags `kw`."
+    args = [str(SCRIPT), '--out', str(out)]
+    for k, v in kw.items():
+        if v is True: args.append(f'--{k}')
+        elif v not in (None, False): args += [f'--{k}', str(v)]
+    if nproc == 1: return [sys.executable, *args]
+    return [str(BIN / 'torchrun'), '--nnodes', '1', '--nproc_per_node', str(nproc), '--rdzv_backend', 'c10d',
+            '--rdzv_endpoint', f'127.0.0.1:{free_port()}', *args]
+
+
+def train(out, nproc=1, timeout=240, check=True, **kw):
+    r = subprocess.run(cmd(out, nproc, **kw), capture_output=True, text=True, env=env(), timeout=timeout, cwd=REPO)
+    if check and r.returncode != 0: raise AssertionError(f"training failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+    return r
+
+
+def losses(out) -> dict:
+    "step -> training loss from metrics.jsonl."
+    recs = [json.loads(l) for l in (Path(out) / 'metrics.jsonl').read_text().splitlines() if l.strip()]
+    return {r['step']: r['loss'] for r in recs if 'loss' in r}
+
+
+def weights(out) -> dict:
+    return load_file(str(Path(out) / 'model.safetensors'))
+
+
+def latest(out) -> str:
+    return (Path(out) / 'latest').read_text().strip()
+
+
+def test_ddp_matches_single_process(tmp_path):
+    "2 processes x batch 4 follow the loss trajectory of 1 process x batch 8 (same global batch) within 1e-5."
+    train(tmp_path / 'one', steps=10, batch_size=8)
+    train(tmp_path / 'two', nproc=2, steps=10, batch_size=4)
+    a, b = losses(tmp_path / 'one'), losses(tmp_path / 'two')
+    assert sorted(a) == sorted(b) == list(range(1, 11))
+    assert a[10] < a[1] - 0.3, "the loss should fall"
+    diff = max(abs(a[s] - b[s]) for s in a)
+    assert diff <= 1e-5, f"loss trajectories differ by {diff}"
+    wa, wb = weights(tmp_path / 'one'), weights(tmp_path / 'two')
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+
+
+def test_resume_on_another_world_size(tmp_path):
+    "A run stopped at step 5 on 2 processes and resumed on 1 continues the 1-process trajectory (same data position)."
+    train(tmp_path / 'ref', steps=10, batch_size=8)
+    r = train(tmp_path / 'run', nproc=2, steps=10, batch_size=4, stop_at=5)
+    assert 'stopped_early=True' in r.stdout and latest(tmp_path / 'run') == 'step-0000005'
+    state = json.loads((tmp_path / 'run' / 'step-0000005' / 'trainer_state.json').read_text())
+    assert (state['world_size'], state['step'], state['position']) == (2, 5, 5 * 2 * 8)  # 2 micro-batches of 8 per step
+    train(tmp_path / 'run', steps=10, batch_size=8, resume=True)
+    a, b = losses(tmp_path / 'ref'), losses(tmp_path / 'run')
+    assert sorted(b) == list(range(1, 11))
+    assert max(abs(a[s] - b[s]) for s in a) <= 1e-5
+
+
+def test_kill_and_resume_is_exact(tmp_path):
+    "SIGKILL at a random step, resume: the final weights equal an uninterrupted run's, bit for bit (dropout on)."
+    kw = dict(steps=24, save_every=3, dropout=0.1)
+    train(tmp_path / 'straight', **kw)
+    kill_after = random.Random().randint(4, 20)
+    print(f'killing after step {kill_after}')
+    out = tmp_path / 'killed'
+    proc = subprocess.Popen(cmd(out, step_delay=0.05, **kw), env=env(), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / 'metrics.jsonl').exists() and max(losses(out), default=0) >= kill_after: break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    assert (out / 'latest').exists()
+    train(out, resume=True, **kw)
+    a, b = weights(tmp_path / 'straight'), weights(out)
+    assert a.keys() == b.keys()
+    for k in a: assert torch.equal(a[k], b[k]), f"{k} differs after kill at step {kill_after}"
+    assert losses(out) == losses(tmp_path / 'straight')  # the trajectory too, with the killed run's tail dropped
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    r = train(tmp_path / 'nan', steps=20, save_every=5, nan_at=8, check=False)
+    assert r.returncode != 0
+    assert 'NonFiniteLossError' in r.stderr and 'loss is nan at step 8' in r.stderr
+    assert 'step-0000005' in r.stderr  # the message names the last good checkpoint
+    assert latest(tmp_path / 'nan') == 'step-0000005'
+    w = weights(tmp_path / 'nan')
+    assert all(torch.isfinite(v).all() for v in w.values())
+    assert max(losses(tmp_path / 'nan')) == 7
+
+
+def test_sigterm_saves_and_exits(tmp_path):
+    out = tmp_path / 'term'
+    proc = subprocess.Popen(cmd(out, steps=200, save_every=1000, step_delay=0.05), env=env(), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / 'metrics.jsonl').exists() and max(losses(out), default=0) >= 3):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert 'SIGTERM' in stdout + stderr and 'stopped_early=True' in stdout
+    step = int(latest(out).split('-')[1])
+    assert 3 <= step < 200 and max(losses(out)) == step  # saved exactly where it stopped
+
+
+def test_deepspeed_zero2_trains_checkpoints_resumes(tmp_path):
+    "ZeRO-2 on 2 CPU processes: trains, checkpoints, and a stopped + resumed run equals an uninterrupted one."
+    pytest.importorskip('deepspeed')
+    kw = dict(nproc=2, steps=6, batch_size=4, save_every=3, deepspeed=2, timeout=400)
+    train(tmp_path / 'straight', **kw)
+    a = losses(tmp_path / 'straight')
+    assert sorted(a) == list(range(1, 7)) and all(math.isfinite(v) for v in a.values()) and a[6] < a[1]
+    assert (tmp_path / 'straight' / 'step-0000003' / 'deepspeed').is_dir()
+    r = train(tmp_path / 'resumed', stop_at=3, **kw)
+    assert 'stopped_early=True' in r.stdout and latest(tmp_path / 'resumed') == 'step-0000003'
+    train(tmp_path / 'resumed', resume=True, **kw)
+    b = losses(tmp_path / 'resumed')
+    assert sorted(b) == list(range(1, 7))
+    assert max(abs(a[s] - b[s]) for s in a) <= 1e-5
+    wa, wb = weights(tmp_path / 'straight'), weights(tmp_path / 'resumed')
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+
+
+def test_deepspeed_config_from_file(tmp_path):
+    trainer = pytest.importorskip('minimind.trainer')
+    path = tmp_path / 'ds.json'
+    path.write_text(json.dumps(dict(train_batch_size=999, zero_optimization=dict(stage=1))))
+    ds = trainer.deepspeed_config(trainer.TrainConfig(deepspeed=str(path), batch_size=3, accum=5), torch.float32, torch.device('cpu'))
+    assert ds['zero_optimization'] == {'stage': 1} and 'train_batch_size' not in ds
+    assert (ds['train_micro_batch_size_per_gpu'], ds['gradient_accumulation_steps']) == (3, 5)
+    with pytest.raises(FileNotFoundError, match='no such file'):
+        trainer.deepspeed_config(trainer.TrainConfig(deepspeed=str(tmp_path / 'nope.json')), torch.float32, torch.device('cpu'))
