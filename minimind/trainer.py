@@ -330,6 +330,8 @@ def _setup(self:Trainer):
     self.device = self.env.device
     self.dtype = resolve_dtype(cfg.dtype, self.device)
     self.raw_model = self.model.to(self.device)
+    if cfg.compile:  # MoE routing gives each expert a data-dependent number of tokens: let Dynamo capture that in one graph
+        torch._dynamo.config.capture_dynamic_output_shape_ops = True
     model = torch.compile(self.raw_model) if cfg.compile else self.raw_model
     self.scaler = None
     if self.use_deepspeed:
