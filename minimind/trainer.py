@@ -441,13 +441,15 @@ def evaluate(self:Trainer) -> Optional[float]:
     # every rank runs as many forwards (DDP and ZeRO-3 forwards are collective); a rank out of items repeats item 0, weight 0
     n_chunks = math.ceil(math.ceil(n_items / self.env.world_size) / self.cfg.batch_size)
     collate = self.collate_fn or torch.utils.data.default_collate
+    # compiled graphs are for training: in eval mode an MoE layer takes its inference dispatch, whose shapes depend on the data
+    model = self.raw_model if self.cfg.compile and not self.use_deepspeed else self.wrapped
     self.wrapped.eval()
     total = torch.zeros(2, device=self.device)  # (sum of per-item losses, items)
     for c in range(n_chunks):
         chunk = mine[c * self.cfg.batch_size:(c + 1) * self.cfg.batch_size]
         weight = len(chunk)
         batch = to_device(collate([self.val_ds[i] for i in (chunk or [0])]), self.device)
-        with self.autocast(): loss, _ = self.loss_fn(self.wrapped, batch)
+        with torch.no_grad(), self.autocast(): loss, _ = self.loss_fn(model, batch)
         total += torch.stack([loss.detach().float() * weight, torch.tensor(float(weight), device=self.device)])
     if self.env.distributed: dist.all_reduce(total)
     self.wrapped.train()

@@ -156,3 +156,30 @@ def test_deepspeed_config_from_file(tmp_path):
     assert (ds['train_micro_batch_size_per_gpu'], ds['gradient_accumulation_steps']) == (3, 5)
     with pytest.raises(FileNotFoundError, match='no such file'):
         trainer.deepspeed_config(trainer.TrainConfig(deepspeed=str(tmp_path / 'nope.json')), torch.float32, torch.device('cpu'))
+
+
+def test_multi_node_torchrun_matches_single_process(tmp_path):
+    "Two torchrun 'nodes' (1 process each) joined by c10d rendezvous on loopback follow the 1-process loss trajectory."
+    train(tmp_path / 'one', steps=6, batch_size=8)
+    port = free_port()
+    script = [str(SCRIPT), '--out', str(tmp_path / 'nodes'), '--steps', '6', '--batch_size', '4']
+    nodes = [subprocess.Popen([str(BIN / 'torchrun'), '--nnodes', '2', '--nproc_per_node', '1', '--node_rank', str(rank),
+                               '--rdzv_backend', 'c10d', '--rdzv_id', 'minimind-test', '--rdzv_endpoint', f'127.0.0.1:{port}',
+                               *script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(), cwd=REPO)
+             for rank in (0, 1)]
+    outs = [n.communicate(timeout=300)[0] for n in nodes]
+    assert all(n.returncode == 0 for n in nodes), f"a node failed:\n{outs[0][-3000:]}\n{outs[1][-3000:]}"
+    a, b = losses(tmp_path / 'one'), losses(tmp_path / 'nodes')
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    diff = max(abs(a[s] - b[s]) for s in a)
+    assert diff <= 1e-5, f"loss trajectories differ by {diff}"
+
+
+def test_compiled_moe_training(tmp_path):
+    "torch.compile on a mixture-of-experts model: trains, and follows the eager loss trajectory."
+    train(tmp_path / 'eager', steps=4, batch_size=4, moe=True)
+    train(tmp_path / 'compiled', steps=4, batch_size=4, moe=True, compile=True, timeout=600)
+    a, b = losses(tmp_path / 'eager'), losses(tmp_path / 'compiled')
+    assert sorted(a) == sorted(b) == list(range(1, 5))
+    diff = max(abs(a[s] - b[s]) for s in a)
+    assert diff <= 1e-3, f"compiled and eager losses differ by {diff}"

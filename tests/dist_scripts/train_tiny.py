@@ -38,13 +38,15 @@ def main():
     p.add_argument('--step_delay', type=float, default=0.0, help='seconds to sleep per micro-step (to kill mid-run)')
     p.add_argument('--n', type=int, default=96)
     p.add_argument('--seq_len', type=int, default=32)
+    p.add_argument('--compile', action='store_true')
+    p.add_argument('--moe', action='store_true', help='the tiny-moe preset instead of tiny')
     a = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)  # the same initial weights in every process and every run
-    model = MiniMindForCausalLM(MiniMindConfig.from_preset('tiny', vocab_size=256, num_hidden_layers=2, dropout=a.dropout))
+    model = MiniMindForCausalLM(MiniMindConfig.from_preset('tiny-moe' if a.moe else 'tiny', vocab_size=256, num_hidden_layers=2, dropout=a.dropout))
     cfg = TrainConfig(out_dir=a.out, steps=a.steps, batch_size=a.batch_size, accum=a.accum, lr=3e-3, warmup_steps=3,
                       log_every=1, save_every=a.save_every, resume=a.resume, deepspeed=a.deepspeed, progress=False,
-                      keep_checkpoints=3)
+                      keep_checkpoints=3, compile=a.compile)
     def loss_fn(model, batch):
         if a.step_delay: time.sleep(a.step_delay)
         loss, metrics = default_loss(model, batch)
