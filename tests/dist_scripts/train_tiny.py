@@ -39,6 +39,7 @@ def main():
     p.add_argument('--n', type=int, default=96)
     p.add_argument('--seq_len', type=int, default=32)
     p.add_argument('--compile', action='store_true')
+    p.add_argument('--offload', action='store_true', help='DeepSpeed: optimizer state in CPU memory')
     p.add_argument('--moe', action='store_true', help='the tiny-moe preset instead of tiny')
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -46,7 +47,7 @@ def main():
     model = MiniMindForCausalLM(MiniMindConfig.from_preset('tiny-moe' if a.moe else 'tiny', vocab_size=256, num_hidden_layers=2, dropout=a.dropout))
     cfg = TrainConfig(out_dir=a.out, steps=a.steps, batch_size=a.batch_size, accum=a.accum, lr=3e-3, warmup_steps=3,
                       log_every=1, save_every=a.save_every, resume=a.resume, deepspeed=a.deepspeed, progress=False,
-                      keep_checkpoints=3, compile=a.compile)
+                      keep_checkpoints=3, compile=a.compile, offload=a.offload)
     def loss_fn(model, batch):
         if a.step_delay: time.sleep(a.step_delay)
         loss, metrics = default_loss(model, batch)
