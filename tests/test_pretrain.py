@@ -1,5 +1,5 @@
 """`minimind_pretrain` end to end (chapter 10): a tiny run, resume, --help, a bad data line, torchrun and the
-deepspeed launcher on 2 CPU processes."""
+deepspeed launcher on 2 CPU processes, TensorBoard and wandb logging."""
 import json, os, socket, subprocess, sys
 from pathlib import Path
 
@@ -106,3 +106,23 @@ def test_deepspeed_launcher(tmp_path, data):
     state = json.loads((out / 'step-0000004' / 'trainer_state.json').read_text())
     assert state['world_size'] == 2 and (out / 'step-0000004' / 'deepspeed').is_dir()
     assert (out / 'model.safetensors').exists()
+
+
+def test_tensorboard_and_wandb_logging(tmp_path, data, monkeypatch):
+    "--tensorboard writes event files with the same losses as metrics.jsonl; --wandb logs an offline run (no network)."
+    pytest.importorskip('tensorboard')
+    pytest.importorskip('wandb')
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    monkeypatch.setenv('WANDB_MODE', 'offline')
+    monkeypatch.setenv('WANDB_SILENT', 'true')
+    out = tmp_path / 'logged'
+    r = run(['--data', data, '--out', out, *TINY, '--tensorboard', '--wandb'], cache=tmp_path / 'cache')
+    assert r.returncode == 0, r.stderr[-3000:]
+    events = EventAccumulator(str(out / 'tb')).Reload()
+    assert 'loss' in events.Tags()['scalars'], events.Tags()
+    tb_loss = {e.step: e.value for e in events.Scalars('loss')}
+    jsonl_loss = {m['step']: m['loss'] for m in metrics(out) if 'loss' in m}
+    assert sorted(tb_loss) == sorted(jsonl_loss) == [1, 2, 3, 4]
+    assert all(abs(tb_loss[s] - jsonl_loss[s]) < 1e-5 for s in tb_loss)
+    runs = list((out / 'wandb').glob('offline-run-*/run-*.wandb'))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0, list((out / 'wandb').rglob('*'))
