@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .corpus import DataError, ValidationReport, read_jsonl
+from .corpus import DataError, ValidationReport, cache_root, read_jsonl
 from .tokenizer import MiniMindTokenizer, TAG_TOKENS, load_tokenizer, token_bytes
 
 # %% ../nbs/08_datasets.ipynb #14aeb832
@@ -75,7 +75,7 @@ def tokenizer_fingerprint(tokenizer:MiniMindTokenizer) -> str:
 
 def default_cache_dir() -> Path:
     "Where tokenized shards live: `$MINIMIND_CACHE/tokens`, or `~/.cache/minimind/tokens`."
-    return Path(os.environ.get('MINIMIND_CACHE') or Path.home()/'.cache'/'minimind').expanduser()/'tokens'
+    return cache_root() / 'tokens'  # beside the corpus cache
 
 def shard_name(path:Union[str, Path], tokenizer:MiniMindTokenizer, kind:str, on_error:str='raise') -> str:
     "Cache folder name of `path` tokenized as `kind`: changes when the file, tokenizer, kind, error policy or format changes."
