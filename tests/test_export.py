@@ -1,0 +1,291 @@
+"""`minimind.export` (chapter 17) against the real libraries: transformers loads the exports (Llama, GraniteMoeShared)
+and computes MiniMind's logits, greedy continuations and chat text; MiniMind2's reference weights export too; the
+import back is exact; gguf's reader reads the GGUF file back; `minimind_export` end to end."""
+import json, os, subprocess, sys
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip('transformers')
+gguf = pytest.importorskip('gguf')
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from minimind.config import MiniMindConfig, fixtures_dir
+from minimind.model import MiniMindForCausalLM
+from minimind.tokenizer import load_tokenizer, render_chat
+from minimind.export import (to_hf, from_hf, to_gguf, read_gguf, gguf_forward, unpermute_from_gguf, permute_for_gguf,
+                             hf_config, granite_exact)
+
+transformers.logging.set_verbosity_error()
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+CLI = REPO / 'tests' / 'dist_scripts' / 'cli.py'
+TEXT = ['Toma lives in Saltport. The river there is wide and slow, and', '盐港的河很宽。Mira has three cats and a dog']
+
+
+def make_model(seed=0, **overrides) -> MiniMindForCausalLM:
+    "A fresh tiny model (random weights, eval mode)."
+    torch.manual_seed(seed)
+    preset = 'tiny-moe' if overrides.pop('moe', False) else 'tiny'
+    return MiniMindForCausalLM(MiniMindConfig.from_preset(preset, vocab_size=6400, **overrides)).eval()
+
+
+def batch(tok, n=2, length=20) -> torch.Tensor:
+    "(n, length) ids of two different texts."
+    return torch.tensor([tok.encode(t)[:length] for t in TEXT[:n]])
+
+
+def assert_same_function(ours: MiniMindForCausalLM, theirs, ids, new_tokens=10):
+    "Logits to 1e-4 and greedy continuations (KV cache on both sides) equal."
+    with torch.no_grad(): a, b = ours(ids).logits, theirs(ids).logits
+    assert (a - b).abs().max().item() <= 1e-4, (a - b).abs().max().item()
+    for row in ids:  # one row at a time: both stop at <|im_end|> without padding
+        mine = ours.generate(row[None], max_new_tokens=new_tokens, temperature=0, eos_token_id=2)
+        hf = theirs.generate(row[None], max_new_tokens=new_tokens, do_sample=False)
+        assert mine.tolist() == hf.tolist()
+
+
+@pytest.fixture(scope='module')
+def tok():
+    return load_tokenizer()
+
+
+@pytest.fixture(scope='module')
+def dense_export(tmp_path_factory):
+    model = make_model(0)
+    return model, to_hf(model, tmp_path_factory.mktemp('dense') / 'hf')
+
+
+@pytest.fixture(scope='module')
+def moe_export(tmp_path_factory):
+    model = make_model(1, moe=True, n_shared_experts=2)  # two shared experts: exercises their concatenation
+    return model, to_hf(model, tmp_path_factory.mktemp('moe') / 'hf')
+
+
+def test_dense_loads_as_llama_with_equal_logits_and_greedy(dense_export, tok):
+    model, folder = dense_export
+    hf = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert type(hf).__name__ == 'LlamaForCausalLM'
+    assert hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()  # tied, as in MiniMind
+    assert_same_function(model, hf, batch(tok))
+
+
+def test_tokenizer_and_chat_template(dense_export, tok):
+    _, folder = dense_export
+    hf_tok = AutoTokenizer.from_pretrained(folder)
+    assert (hf_tok.bos_token_id, hf_tok.eos_token_id, hf_tok.pad_token_id, len(hf_tok)) == (1, 2, 0, tok.vocab_size)
+    for text in TEXT + ['<|im_start|>user\n<think>x</think><answer>4</answer><|im_end|>']:
+        assert hf_tok(text).input_ids == tok.encode(text)
+        assert hf_tok.decode(tok.encode(text)) == tok.decode(tok.encode(text))
+    tools = [dict(type='function', function=dict(name='add', description='加法', parameters=dict(type='object')))]
+    conversations = [
+        [dict(role='user', content='What is 2 + 3?')],
+        [dict(role='system', content='You are MiniMind.'), dict(role='user', content='你好'),
+         dict(role='assistant', content='你好！'), dict(role='user', content='Where does Toma live?')],
+        [dict(role='user', content='add 2 and 3'),
+         dict(role='assistant', content='', tool_calls=[dict(function=dict(name='add', arguments={'a': 2, 'b': 3}))]),
+         dict(role='tool', content='5'), dict(role='assistant', content='5')]]
+    checked = 0
+    for messages in conversations:
+        for generation_prompt in (False, True):
+            for thinking in (None, True, False):
+                for with_tools in (None, tools):
+                    extra = {} if thinking is None else dict(enable_thinking=thinking)
+                    text = hf_tok.apply_chat_template(messages, tools=with_tools, tokenize=False,
+                                                      add_generation_prompt=generation_prompt, **extra)
+                    assert text == render_chat(messages, add_generation_prompt=generation_prompt, enable_thinking=thinking,
+                                               tools=with_tools), (messages, generation_prompt, thinking)
+                    checked += 1
+    assert checked == 36
+    assert hf_tok.apply_chat_template(conversations[0], tokenize=False, add_generation_prompt=True,
+                                      enable_thinking=False).endswith('<|im_start|>assistant\n<think>\n\n</think>\n\n')
+
+
+def test_moe_loads_as_granite_moe_shared_with_equal_logits_and_greedy(moe_export, tok):
+    model, folder = moe_export
+    hf = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert type(hf).__name__ == 'GraniteMoeSharedForCausalLM'
+    assert hf.config.shared_intermediate_size == 2 * model.config.intermediate_size
+    assert_same_function(model, hf, batch(tok))
+
+
+def test_moe_routing_granite_cannot_express_is_refused(tmp_path):
+    for overrides in (dict(norm_topk_prob=False), dict(num_experts_per_tok=1)):
+        model = make_model(2, moe=True, **overrides)
+        assert granite_exact(model.config) is not None
+        with pytest.raises(ValueError, match='no transformers architecture'): to_hf(model, tmp_path / 'refused')
+
+
+@pytest.mark.parametrize('scaling', [dict(type='yarn', factor=4.0, original_max_position_embeddings=256, beta_fast=32.0, beta_slow=1.0),
+                                     dict(type='linear', factor=2.0, original_max_position_embeddings=256)])
+def test_rope_scaling_maps_exactly(tmp_path, tok, scaling):
+    "YaRN and linear scaling as transformers computes them give MiniMind's logits; the tables really differ from plain RoPE."
+    model = make_model(3, rope_scaling=scaling)
+    hf = AutoModelForCausalLM.from_pretrained(to_hf(model, tmp_path / 'hf')).eval()
+    assert hf.config.rope_parameters['rope_type'] == scaling['type']
+    ids = batch(tok, 1, 24)
+    with torch.no_grad(): a, b = model(ids).logits, hf(ids).logits
+    assert (a - b).abs().max().item() <= 1e-4
+    plain = make_model(3)
+    with torch.no_grad(): assert (plain(ids).logits - a).abs().max().item() > 1e-4  # the scaling was not a no-op
+    back = from_hf(tmp_path / 'hf')
+    assert back.config.rope_scaling['type'] == scaling['type'] and back.config.rope_scaling['factor'] == scaling['factor']
+    with torch.no_grad(): assert (back(ids).logits - a).abs().max().item() <= 1e-6
+
+
+def test_ntk_scaling_is_refused(tmp_path):
+    model = make_model(4, rope_scaling=dict(type='ntk', factor=4.0, original_max_position_embeddings=256))
+    with pytest.raises(ValueError, match='no exact transformers equivalent'): to_hf(model, tmp_path / 'hf')
+
+
+def test_import_back_is_exact(dense_export, moe_export, tmp_path):
+    for model, folder in (dense_export, moe_export):
+        back = from_hf(folder)
+        assert back.config == model.config
+        mine, theirs = model.state_dict(), back.state_dict()
+        assert set(mine) == set(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)
+        # transformers' own save_pretrained (its names and layout) imports to the same weights as well
+        AutoModelForCausalLM.from_pretrained(folder).save_pretrained(tmp_path / folder.parent.name)
+        resaved = from_hf(tmp_path / folder.parent.name).state_dict()
+        assert all(torch.equal(mine[k], resaved[k]) for k in mine)
+
+
+def test_reference_minimind2_weights_export(tmp_path):
+    "MiniMind2's own (reference) weights and tokenizer: the transformers export reproduces the reference outputs."
+    fixtures = fixtures_dir()
+    if fixtures is None: pytest.skip('reference fixtures not found')
+    folder = fixtures / 'minimind2'
+    from safetensors.torch import load_file
+    for name, arch in (('dense_tiny', 'LlamaForCausalLM'), ('moe_tiny', 'GraniteMoeSharedForCausalLM')):
+        config = MiniMindConfig.load(folder / f'{name}.config.json')
+        model = MiniMindForCausalLM.from_pretrained(folder / f'{name}.weights.safetensors', config=config).eval()
+        expected = load_file(str(folder / f'{name}.expected.safetensors'))
+        out = to_hf(model, tmp_path / name, tokenizer=folder)
+        hf = AutoModelForCausalLM.from_pretrained(out).eval()
+        assert type(hf).__name__ == arch
+        with torch.no_grad(): logits = hf(expected['input_ids']).logits
+        assert (logits - expected['logits']).abs().max().item() <= 1e-4
+        prompt = expected['greedy_ids'][:, :8]
+        greedy = hf.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None, min_new_tokens=12)
+        assert greedy.tolist() == expected['greedy_ids'].tolist()
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / 'dense_tiny')  # MiniMind2's published tokenizer and template
+    messages = [dict(role='user', content='你好')]
+    assert hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == render_chat(messages, True)
+
+
+def test_gguf_read_back(tmp_path, tok):
+    model = make_model(5)
+    path = to_gguf(model, tmp_path / 'm.gguf')
+    meta, tensors = read_gguf(path)
+    c = model.config
+    expected_meta = {'general.architecture': 'llama', 'llama.context_length': c.max_position_embeddings,
+                     'llama.embedding_length': c.hidden_size, 'llama.block_count': c.num_hidden_layers,
+                     'llama.feed_forward_length': c.intermediate_size, 'llama.attention.head_count': c.num_attention_heads,
+                     'llama.attention.head_count_kv': c.num_key_value_heads, 'llama.rope.dimension_count': c.head_dim,
+                     'tokenizer.ggml.model': 'gpt2', 'tokenizer.ggml.pre': 'gpt-2', 'tokenizer.ggml.bos_token_id': 1,
+                     'tokenizer.ggml.eos_token_id': 2, 'tokenizer.ggml.padding_token_id': 0,
+                     'tokenizer.chat_template': tok.chat_template}
+    for key, value in expected_meta.items(): assert meta[key] == value, key
+    assert abs(meta['llama.rope.freq_base'] - c.rope_theta) < 1e-3
+    assert abs(meta['llama.attention.layer_norm_rms_epsilon'] - c.rms_norm_eps) < 1e-9
+    assert meta['tokenizer.ggml.tokens'] == [tok.id_to_token(i) for i in range(tok.vocab_size)]
+    assert meta['tokenizer.ggml.token_type'][:8] == [3, 3, 3, 4, 4, 4, 4, 1]  # control, user-defined tags, normal
+    spec = json.loads(tok.tokenizer.to_str())['model']['merges']
+    assert meta['tokenizer.ggml.merges'] == [m if isinstance(m, str) else ' '.join(m) for m in spec]
+    # tensors: names, shapes (PyTorch order), values (q/k after undoing the permutation)
+    state = model.state_dict()
+    gguf_names = {'token_embd.weight': 'model.embed_tokens.weight', 'output_norm.weight': 'model.norm.weight'}
+    for i in range(c.num_hidden_layers):
+        for g, m in [('attn_norm', 'input_layernorm'), ('attn_q', 'self_attn.q_proj'), ('attn_k', 'self_attn.k_proj'),
+                     ('attn_v', 'self_attn.v_proj'), ('attn_output', 'self_attn.o_proj'), ('ffn_norm', 'post_attention_layernorm'),
+                     ('ffn_gate', 'mlp.gate_proj'), ('ffn_up', 'mlp.up_proj'), ('ffn_down', 'mlp.down_proj')]:
+            gguf_names[f'blk.{i}.{g}.weight'] = f'model.layers.{i}.{m}.weight'
+    assert set(tensors) == set(gguf_names)  # no output.weight: tied
+    for g, m in gguf_names.items():
+        value = torch.from_numpy(tensors[g].copy())
+        if g.endswith('attn_q.weight'): value = unpermute_from_gguf(value, c.num_attention_heads)
+        if g.endswith('attn_k.weight'): value = unpermute_from_gguf(value, c.num_key_value_heads)
+        assert value.shape == state[m].shape and torch.equal(value, state[m]), g
+    assert not torch.equal(torch.from_numpy(tensors['blk.0.attn_q.weight'].copy()), state['model.layers.0.self_attn.q_proj.weight'])
+    # llama.cpp's conventions (adjacent-pair rope on the permuted rows) compute MiniMind's logits
+    ids = batch(tok, 1, 24)[0].tolist()
+    with torch.no_grad(): ours = model(torch.tensor([ids])).logits[0].double().numpy()
+    assert abs(gguf_forward(tensors, meta, ids) - ours).max() <= 1e-4
+    # float16: matrices half precision, norms float32, values within half-precision rounding
+    meta16, tensors16 = read_gguf(to_gguf(model, tmp_path / 'm16.gguf', dtype='float16'))
+    assert str(tensors16['blk.0.ffn_up.weight'].dtype) == 'float16' and str(tensors16['blk.0.ffn_norm.weight'].dtype) == 'float32'
+    assert abs(gguf_forward(tensors16, meta16, ids) - ours).max() <= 5e-2
+
+
+def test_gguf_refuses_what_it_does_not_cover(tmp_path):
+    with pytest.raises(ValueError, match='dense models only'): to_gguf(make_model(6, moe=True), tmp_path / 'moe.gguf')
+    yarn = make_model(6, rope_scaling=dict(type='yarn', factor=4.0, original_max_position_embeddings=256))
+    with pytest.raises(ValueError, match='YaRN'): to_gguf(yarn, tmp_path / 'yarn.gguf')
+
+
+def run_cli(*args):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    return subprocess.run([sys.executable, str(CLI), 'minimind.export:minimind_export', *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+
+
+def test_cli_end_to_end(tmp_path, tok):
+    r = run_cli('--help')
+    assert r.returncode == 0
+    for flag in ('ckpt_dir', '--to', '--out', '--tokenizer', '--dtype', '--no-check'): assert flag in r.stdout, flag
+    ckpt = make_model(7).save_pretrained(tmp_path / 'ckpt'); tok.save_pretrained(ckpt)
+    r = run_cli(ckpt, '--to', 'hf', '--out', tmp_path / 'hf')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'LlamaForCausalLM' in r.stdout and 'check: max |logit difference|' in r.stdout
+    r = run_cli(tmp_path / 'hf', '--to', 'minimind', '--out', tmp_path / 'back')
+    assert r.returncode == 0, r.stderr[-3000:]
+    back, original = MiniMindForCausalLM.from_pretrained(tmp_path / 'back'), MiniMindForCausalLM.from_pretrained(ckpt)
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in original.state_dict().items())
+    assert load_tokenizer(tmp_path / 'back').vocab_size == tok.vocab_size
+    moe = make_model(8, moe=True).save_pretrained(tmp_path / 'moe')
+    r = run_cli(moe, '--to', 'gguf', '--out', tmp_path / 'moe.gguf', '--no_check')
+    assert r.returncode != 0 and 'dense models only' in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    # the other user errors, in process (each subprocess costs seconds of imports): CliError becomes the message
+    from fastcore.script import CliError
+    from minimind.export import export_cli
+    with pytest.raises(CliError, match='no config.json'): export_cli(str(tmp_path / 'nowhere'), to='hf')
+    with pytest.raises(CliError, match='choose hf, gguf or minimind'): export_cli(str(ckpt), to='onnx')
+    with pytest.raises(CliError, match='use float32 or float16'): export_cli(str(ckpt), to='gguf', dtype='bfloat16')
+
+
+def test_import_works_without_the_optional_packages():
+    "Blocking transformers and gguf: the module imports, writes a transformers folder, and asks for the extra where needed."
+    code = ("import sys; sys.modules['transformers'] = None; sys.modules['gguf'] = None\n"
+            "import minimind.export as e\n"
+            "try: e.to_gguf(None, 'x.gguf')\n"
+            "except ImportError as err: print('ERR', err)\n")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, cwd=REPO,
+                       env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'ERR gguf is needed' in r.stdout and 'pip install -e ".[hf]"' in r.stdout
+
+
+def test_llama_cpp_runs_the_gguf(tmp_path, tok):
+    "Where llama-cpp-python is installed (not part of the hf extra): llama.cpp itself computes MiniMind's logits and tokens."
+    llama_cpp = pytest.importorskip('llama_cpp')
+    import numpy as np
+    model = make_model(9)
+    path = to_gguf(model, tmp_path / 'm.gguf')
+    # float32 KV cache (llama.cpp's default is float16), plain attention: then only summation order differs
+    llm = llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=1, type_k=0, type_v=0, flash_attn=False)
+    text = '<|im_start|>' + TEXT[0] + ' ' + TEXT[1]
+    ids = llm.tokenize(text.encode('utf-8'), add_bos=False, special=True)
+    assert ids == tok.encode(text)                  # llama.cpp's BPE with our vocab, merges and pre-tokenizer
+    llm.eval(ids)
+    theirs = np.asarray(llm.scores[:len(ids)], dtype=np.float64)     # (T, V)
+    with torch.no_grad(): ours = model(torch.tensor([ids])).logits[0].double().numpy()
+    assert abs(theirs - ours).max() <= 1e-4, abs(theirs - ours).max()
+    llm.reset()
+    prompt = tok.encode('<|im_start|>' + TEXT[0])
+    mine = model.generate(torch.tensor([prompt]), max_new_tokens=8, temperature=0, eos_token_id=2)[0, len(prompt):].tolist()
+    generated = []
+    for token in llm.generate(prompt, top_k=1, temp=0.0):   # greedy, llama.cpp's sampler
+        generated.append(token)
+        if len(generated) == len(mine): break
+    assert generated == mine

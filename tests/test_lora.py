@@ -1,0 +1,150 @@
+"""`minimind_lora` end to end (chapter 12): a tiny run that saves only the adapter, resume, --help, --merge_out,
+clear errors; LoRA on an MoE model; and the same outputs as the `peft` library's LoRA on the same weights."""
+import json, os, subprocess, sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = REPO / 'tests' / 'dist_scripts' / 'cli.py'
+TINY = ['--steps', '4', '--batch_size', '4', '--max_seq_len', '96', '--save_every', '2', '--eval_every', '2',
+        '--log_every', '1', '--lr', '5e-3']
+
+
+def run(args, cache=None, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    if cache: env['MINIMIND_CACHE'] = str(cache)  # token shards of the test data stay in the test's folder
+    for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'): env.pop(k, None)
+    return subprocess.run([sys.executable, str(CLI), 'minimind.lora:minimind_lora', *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+
+
+def tiny_config(**overrides):
+    from minimind.config import MiniMindConfig
+    return MiniMindConfig.from_preset('tiny', **{'num_hidden_layers': 2, **overrides})
+
+
+@pytest.fixture(scope='module')
+def base(tmp_path_factory):
+    "A random 2-layer tiny model with its tokenizer, standing in for the SFT model."
+    from minimind.model import MiniMindForCausalLM
+    from minimind.tokenizer import load_tokenizer
+    folder = tmp_path_factory.mktemp('base')
+    torch.manual_seed(0)
+    MiniMindForCausalLM(tiny_config()).save_pretrained(folder)
+    load_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    "The first 120 conversations of the embedded identity set."
+    from minimind.corpus import default_corpus
+    path = tmp_path_factory.mktemp('data') / 'lora_identity_small.jsonl'
+    with open(default_corpus()['identity']) as f: path.write_text(''.join(next(f) for _ in range(120)))
+    return path
+
+
+def metrics(out):
+    return [json.loads(l) for l in (Path(out) / 'metrics.jsonl').read_text().splitlines() if l.strip()]
+
+
+def test_help_lists_every_flag():
+    r = run(['--help'])
+    assert r.returncode == 0
+    for flag in ('--init', '--data', '--out', '--rank', '--alpha', '--dropout', '--targets', '--merge-out', '--steps',
+                 '--epochs', '--batch-size', '--accum', '--lr', '--max-seq-len', '--dtype', '--resume', '--deepspeed',
+                 '--tokenizer'):
+        assert flag in r.stdout, flag
+
+
+def test_tiny_run_saves_only_the_adapter_resumes_and_merges(tmp_path, base, data):
+    from minimind.model import MiniMindForCausalLM
+    from minimind.lora import load_adapter, read_adapter_config, lora_modules
+    out, merged = tmp_path / 'out', tmp_path / 'merged'
+    r = run(['--init', base, '--data', data, '--out', out, '--rank', '4', '--alpha', '8', '--targets', 'q,v,down', *TINY],
+            cache=tmp_path / 'cache')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'done: step 4/4' in r.stdout
+    assert [m['step'] for m in metrics(out) if 'loss' in m] == [1, 2, 3, 4]
+    ckpt = out / 'step-0000004'
+    assert sorted(f.name for f in ckpt.glob('*.safetensors')) == ['adapter_model.safetensors']  # no base weights
+    assert not (out / 'model.safetensors').exists()
+    # 2 layers x (q: 4*(128+128), v: 4*(128+64), down: 4*(384+128)) float32 numbers, plus a small header
+    n_adapter = 2 * 4 * ((128 + 128) + (128 + 64) + (384 + 128))
+    assert (out / 'adapter_model.safetensors').stat().st_size < 4 * n_adapter + 4096
+    assert read_adapter_config(out)['targets'] == ['q', 'v', 'down'] and read_adapter_config(out)['rank'] == 4
+    assert (out / 'tokenizer.json').exists()
+    # the adapter loads onto the base and changes its outputs
+    ids = torch.randint(0, 6400, (1, 12))
+    plain = MiniMindForCausalLM.from_pretrained(base).eval()
+    adapted = load_adapter(MiniMindForCausalLM.from_pretrained(base), out).eval()
+    assert len(lora_modules(adapted)) == 2 * 3
+    with torch.no_grad(): assert not torch.allclose(plain(ids).logits, adapted(ids).logits)
+    # continue the same run to 6 steps, and write the merged model at the end
+    r = run(['--init', base, '--data', data, '--out', out, '--rank', '4', '--alpha', '8', '--targets', 'q,v,down',
+             *TINY[2:], '--steps', '6', '--resume', '--merge_out', merged], cache=tmp_path / 'cache')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [m['step'] for m in metrics(out) if 'loss' in m] == list(range(1, 7))
+    assert (out / 'latest').read_text().strip() == 'step-0000006'
+    adapted = load_adapter(MiniMindForCausalLM.from_pretrained(base), out).eval()
+    with torch.no_grad():
+        diff = (MiniMindForCausalLM.from_pretrained(merged)(ids).logits - adapted(ids).logits).abs().max().item()
+    assert diff <= 1e-5
+    # resuming with another rank is refused with a message, not a traceback
+    r = run(['--init', base, '--data', data, '--out', out, '--rank', '8', *TINY[2:], '--steps', '8', '--resume'],
+            cache=tmp_path / 'cache')
+    assert r.returncode != 0 and 'rank-4 adapter' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_missing_init_is_a_clear_error(tmp_path):
+    from fastcore.script import CliError
+    from minimind.lora import lora_cli
+    with pytest.raises(CliError, match='nope: no model there'):
+        lora_cli(init=str(tmp_path / 'nope'), out=str(tmp_path / 'out'))
+
+
+def test_moe_experts_adapt_and_merge():
+    "gate/up/down targets reach every expert (routed and shared) of an MoE model; merging keeps the outputs."
+    from minimind.model import MiniMindForCausalLM
+    from minimind.lora import apply_lora, lora_modules, merge_lora
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(tiny_config(use_moe=True)).eval()
+    apply_lora(model, rank=2, alpha=4, targets='gate,up,down')
+    cfg = model.config
+    assert len(lora_modules(model)) == cfg.num_hidden_layers * 3 * (cfg.n_routed_experts + cfg.n_shared_experts)
+    with torch.no_grad():
+        for m in lora_modules(model).values(): m.lora_B.normal_(0, 0.05)
+        ids = torch.randint(0, 6400, (2, 10))
+        adapted = model(ids).logits
+        assert (merge_lora(model)(ids).logits - adapted).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize('targets', ['q,k,v,o', 'all'])
+def test_same_outputs_as_peft(targets):
+    "peft's LoRA, injected into the same base with the same A and B (B nonzero), gives our outputs."
+    peft = pytest.importorskip('peft')
+    from minimind.model import MiniMindForCausalLM
+    from minimind.lora import apply_lora, lora_modules, resolve_targets, LORA_TARGETS
+    torch.manual_seed(0)
+    ours = MiniMindForCausalLM(tiny_config()).eval()
+    theirs = MiniMindForCausalLM(tiny_config()).eval()
+    theirs.load_state_dict(ours.state_dict())
+    rank, alpha = 4, 12
+    apply_lora(ours, rank=rank, alpha=alpha, targets=targets)
+    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
+                             target_modules=[LORA_TARGETS[t] for t in resolve_targets(targets)])
+    theirs = peft.inject_adapter_in_model(config, theirs)
+    with torch.no_grad():
+        for name, m in lora_modules(ours).items():
+            m.lora_B.normal_(0, 0.05)                     # a trained-looking adapter: B nonzero
+            other = theirs.get_submodule(name)
+            other.lora_A['default'].weight.copy_(m.lora_A)  # (r, d_in)
+            other.lora_B['default'].weight.copy_(m.lora_B)  # (d_out, r)
+            assert other.scaling['default'] == m.scaling
+        ids = torch.randint(0, 6400, (2, 16))
+        ours_logits, theirs_logits = ours(ids).logits, theirs(ids).logits
+    assert (ours_logits - theirs_logits).abs().max().item() <= 1e-5
+    n_peft = sum(p.numel() for n, p in theirs.named_parameters() if 'lora_' in n)
+    assert n_peft == sum(p.numel() for p in ours.parameters() if p.requires_grad)
