@@ -134,6 +134,7 @@ def heldout_ce(model, dataset, batch_size:int=32, max_rows:Optional[int]=None) -
     return total / max(count, 1)
 
 # %% ../nbs/14_distill.ipynb #d4f684df
+from .pretrain import stage_config
 def distill_cli(
     teacher:str=None,  # folder of the teacher model (frozen; same tokenizer as the student), e.g. out/teacher
     init:str='out/pretrain',  # folder of the student's starting weights (a pretrained or SFT model)
@@ -172,11 +173,7 @@ def distill_cli(
     if teacher is None and alpha > 0:
         raise CliError("minimind_distill: give --teacher FOLDER (a larger model trained with the same tokenizer), "
                        "or --alpha 0 for plain cross-entropy")
-    cfg = TrainConfig(out_dir=out, steps=steps, epochs=epochs, batch_size=batch_size, accum=accum, lr=lr, min_lr=min_lr,
-                      warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip, dtype=dtype,
-                      compile=compile, seed=seed, log_every=log_every, eval_every=eval_every, save_every=save_every,
-                      resume=resume or False, deepspeed=deepspeed, offload=offload, wandb=wandb,
-                      tensorboard=tensorboard, num_workers=num_workers, max_seq_len=max_seq_len)
+    cfg = stage_config(locals())
     start = time.perf_counter()
     try:
         trainer = distill(cfg, init, teacher if alpha > 0 else None, data, temperature, alpha, tokenizer, val_fraction,

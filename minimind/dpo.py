@@ -199,6 +199,7 @@ def dpo(cfg:TrainConfig, init='out/sft', data=None, beta:float=0.5, length_norm:
         if env.created_group and dist.is_initialized(): dist.destroy_process_group()
 
 # %% ../nbs/13_dpo.ipynb #4177f4b1
+from .pretrain import stage_config
 def dpo_cli(
     init:str='out/sft',  # folder of the model to start from and to use as the frozen reference (the SFT model)
     data:str=None,  # DPO JSONL, {"chosen": [messages], "rejected": [messages]} per line (MiniMind's dpo.jsonl); default: the embedded corpus
@@ -234,11 +235,7 @@ def dpo_cli(
     local_rank:int=None,  # set by the deepspeed launcher; ignored (LOCAL_RANK comes from the environment)
 ):
     "Align a chat model with preference pairs by DPO (one process, torchrun or deepspeed)."
-    cfg = TrainConfig(out_dir=out, steps=steps, epochs=epochs, batch_size=batch_size, accum=accum, lr=lr, min_lr=min_lr,
-                      warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip, dtype=dtype,
-                      compile=compile, seed=seed, log_every=log_every, eval_every=eval_every, save_every=save_every,
-                      resume=resume or False, deepspeed=deepspeed, offload=offload, wandb=wandb,
-                      tensorboard=tensorboard, num_workers=num_workers, max_seq_len=max_seq_len)
+    cfg = stage_config(locals())
     start = time.perf_counter()
     try:
         trainer = dpo(cfg, init, data, beta, length_norm, tokenizer, val_fraction, 'skip' if skip_bad_lines else 'raise', stuck_steps)

@@ -225,6 +225,7 @@ def lora(cfg:TrainConfig, init, data=None, rank:int=8, alpha:float=16, dropout:f
         if env.created_group and dist.is_initialized(): dist.destroy_process_group()
 
 # %% ../nbs/12_lora.ipynb #8430e9c2
+from .pretrain import stage_config
 def lora_cli(
     init:str='out/sft',  # folder of the model to adapt (config.json + model.safetensors), e.g. what minimind_sft wrote
     data:str=None,  # conversations JSONL (MiniMind's lora_identity.jsonl, lora_medical.jsonl); default: the embedded identity set
@@ -262,11 +263,7 @@ def lora_cli(
     local_rank:int=None,  # set by the deepspeed launcher; ignored (LOCAL_RANK comes from the environment)
 ):
     "Train a LoRA adapter on a MiniMind model (one process, torchrun or deepspeed); saves only the adapter."
-    cfg = TrainConfig(out_dir=out, steps=steps, epochs=epochs, batch_size=batch_size, accum=accum, lr=lr, min_lr=min_lr,
-                      warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip, dtype=dtype,
-                      compile=compile, seed=seed, log_every=log_every, eval_every=eval_every, save_every=save_every,
-                      resume=resume or False, deepspeed=deepspeed, offload=offload, wandb=wandb,
-                      tensorboard=tensorboard, num_workers=num_workers, max_seq_len=max_seq_len)
+    cfg = stage_config(locals())
     start = time.perf_counter()
     try:
         trainer = lora(cfg, init, data, rank, alpha, dropout, targets, tokenizer, val_fraction,

@@ -99,6 +99,7 @@ def reasoning_scores(model, tokenizer, records:list, max_new_tokens:int=128) -> 
                 rows_thinking=rows_think, rows_no_thinking=rows_plain)
 
 # %% ../nbs/15_reason.ipynb #1b2177a0
+from .pretrain import stage_config
 def reason_cli(
     init:str='out/sft',  # folder of the model to start from (the SFT model: what minimind_sft writes)
     data:str=None,  # reasoning JSONL: conversations whose replies carry <think>/<answer> tags (MiniMind's r1_mix_1024.jsonl); default: the embedded corpus
@@ -132,11 +133,7 @@ def reason_cli(
     local_rank:int=None,  # set by the deepspeed launcher; ignored (LOCAL_RANK comes from the environment)
 ):
     "Distill <think>/<answer> reasoning traces into a chat model, with extra loss weight on the tags."
-    cfg = TrainConfig(out_dir=out, steps=steps, epochs=epochs, batch_size=batch_size, accum=accum, lr=lr, min_lr=min_lr,
-                      warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip, dtype=dtype,
-                      compile=compile, seed=seed, log_every=log_every, eval_every=eval_every, save_every=save_every,
-                      resume=resume or False, deepspeed=deepspeed, offload=offload, wandb=wandb,
-                      tensorboard=tensorboard, num_workers=num_workers, max_seq_len=max_seq_len)
+    cfg = stage_config(locals())
     start = time.perf_counter()
     try: trainer = reason(cfg, init, data, tag_weight, tokenizer, val_fraction, 'skip' if skip_bad_lines else 'raise')
     except (DataError, FileNotFoundError, ValueError, ImportError) as e:
@@ -304,6 +301,7 @@ def grpo(cfg:TrainConfig, init, data=None, num_generations:int=8, max_new_tokens
         if env.created_group and dist.is_initialized(): dist.destroy_process_group()
 
 # %% ../nbs/15_reason.ipynb #45173abb
+from .pretrain import stage_config
 def grpo_cli(
     init:str='out/reason',  # folder of the model to start from (the reasoning model: what minimind_reason writes); also the frozen reference
     data:str=None,  # prompts with answers: RL JSONL {"conversations": [...], "answer": ...} or a reasoning JSONL (answer from <answer>); default: the embedded corpus
@@ -340,11 +338,7 @@ def grpo_cli(
     local_rank:int=None,  # set by the deepspeed launcher; ignored (LOCAL_RANK comes from the environment)
 ):
     "GRPO from scratch: sample a group of replies per prompt, reward format and correctness, clipped objective + KL."
-    cfg = TrainConfig(out_dir=out, steps=steps, epochs=epochs, batch_size=batch_size, accum=accum, lr=lr, min_lr=min_lr,
-                      warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip, dtype=dtype,
-                      compile=compile, seed=seed, log_every=log_every, eval_every=0, save_every=save_every,
-                      resume=resume or False, deepspeed=deepspeed, offload=offload, wandb=wandb,
-                      tensorboard=tensorboard, num_workers=num_workers, max_seq_len=max_seq_len)
+    cfg = stage_config(dict(locals(), eval_every=0))  # prompts only: no validation loss
     start = time.perf_counter()
     try:
         trainer = grpo(cfg, init, data, num_generations, max_new_tokens, beta, clip_eps, temperature, top_p, tokenizer,

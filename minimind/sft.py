@@ -136,6 +136,7 @@ def sft(cfg:TrainConfig, init, data=None, tokenizer=None, val_fraction:float=0.0
         if env.created_group and dist.is_initialized(): dist.destroy_process_group()
 
 # %% ../nbs/11_sft.ipynb #92c78c98
+from .pretrain import stage_config
 def sft_cli(
     init:str='out/pretrain',  # folder of the model to fine-tune (written by minimind_pretrain, or MiniMind2 weights)
     data:str=None,  # chat JSONL, one {"conversations": [{"role", "content"}, ...]} per line (MiniMind's sft_*.jsonl); default: the embedded corpus
@@ -168,11 +169,7 @@ def sft_cli(
     local_rank:int=None,  # set by the deepspeed launcher; ignored (LOCAL_RANK comes from the environment)
 ):
     "Fine-tune a pretrained MiniMind model on chat data, with the loss on the assistant's tokens only."
-    cfg = TrainConfig(out_dir=out, steps=steps, epochs=epochs, batch_size=batch_size, accum=accum, lr=lr, min_lr=min_lr,
-                      warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip, dtype=dtype,
-                      compile=compile, seed=seed, log_every=log_every, eval_every=eval_every, save_every=save_every,
-                      resume=resume or False, deepspeed=deepspeed, offload=offload, wandb=wandb,
-                      tensorboard=tensorboard, num_workers=num_workers, max_seq_len=max_seq_len)
+    cfg = stage_config(locals())
     start = time.perf_counter()
     try:
         trainer = sft(cfg, init, data, tokenizer, val_fraction, 'skip' if skip_bad_lines else 'raise')
