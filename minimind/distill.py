@@ -134,7 +134,7 @@ def heldout_ce(model, dataset, batch_size:int=32, max_rows:Optional[int]=None) -
     return total / max(count, 1)
 
 # %% ../nbs/14_distill.ipynb #d4f684df
-from .pretrain import stage_config
+from .pretrain import stage_config, run_summary
 def distill_cli(
     teacher:str=None,  # folder of the teacher model (frozen; same tokenizer as the student), e.g. out/teacher
     init:str='out/pretrain',  # folder of the student's starting weights (a pretrained or SFT model)
@@ -181,13 +181,8 @@ def distill_cli(
     except (DataError, FileNotFoundError, ValueError, ImportError) as e:
         raise CliError(f"minimind_distill: {e}") from None  # a message naming the problem, not a traceback
     if int(os.environ.get('RANK', 0)) == 0:
-        last = next((h for h in reversed(trainer.history) if 'loss' in h), {})
-        vals = [h['val_loss'] for h in trainer.history if 'val_loss' in h]
-        what = 'stopped by SIGTERM' if trainer.stopped_early else 'done'
-        print(f"{what}: step {trainer.step}/{trainer.total_steps}, loss {last.get('loss', float('nan')):.4f} "
-              f"(ce {last.get('ce', float('nan')):.4f}" + (f", kl {last['kl']:.4f}" if 'kl' in last else '') + ")"
-              + (f", val_loss {vals[-1]:.4f}" if vals else '') + f", {time.perf_counter() - start:.0f}s; "
-              f"student in {out} (resume with --resume)")
+        print(run_summary(trainer, out, start, 'student', details=lambda h: f" (ce {h.get('ce', float('nan')):.4f}"
+                          + (f", kl {h['kl']:.4f}" if 'kl' in h else '') + ")"))
 
 def minimind_distill():
     "The `minimind_distill` console script: `distill_cli`'s flags, spelled `--batch-size` or MiniMind's `--batch_size`."

@@ -199,7 +199,7 @@ def dpo(cfg:TrainConfig, init='out/sft', data=None, beta:float=0.5, length_norm:
         if env.created_group and dist.is_initialized(): dist.destroy_process_group()
 
 # %% ../nbs/13_dpo.ipynb #4177f4b1
-from .pretrain import stage_config
+from .pretrain import stage_config, run_summary
 def dpo_cli(
     init:str='out/sft',  # folder of the model to start from and to use as the frozen reference (the SFT model)
     data:str=None,  # DPO JSONL, {"chosen": [messages], "rejected": [messages]} per line (MiniMind's dpo.jsonl); default: the embedded corpus
@@ -242,13 +242,8 @@ def dpo_cli(
     except (DataError, FileNotFoundError, ValueError, ImportError, DPONotLearningError) as e:
         raise CliError(f"minimind_dpo: {e}") from None  # a message naming the problem, not a traceback
     if int(os.environ.get('RANK', 0)) == 0:
-        last = [h for h in trainer.history if 'loss' in h][-1:] or [{}]
-        vals = [h['val_loss'] for h in trainer.history if 'val_loss' in h]
-        what = 'stopped by SIGTERM' if trainer.stopped_early else 'done'
-        print(f"{what}: step {trainer.step}/{trainer.total_steps}, loss {last[0].get('loss', float('nan')):.4f}, reward accuracy "
-              f"{last[0].get('reward_accuracy', float('nan')):.2f}, margin {last[0].get('margin', float('nan')):.3f}"
-              + (f", val_loss {vals[-1]:.4f}" if vals else '') + f", {time.perf_counter() - start:.0f}s; "
-              f"model in {out} (resume with --resume)")
+        print(run_summary(trainer, out, start, details=lambda h: f", reward accuracy {h.get('reward_accuracy', float('nan')):.2f}, "
+                                                               f"margin {h.get('margin', float('nan')):.3f}"))
 
 def minimind_dpo():
     "The `minimind_dpo` console script: `dpo_cli`'s flags, spelled `--batch-size` or MiniMind's `--batch_size`."

@@ -225,7 +225,7 @@ def lora(cfg:TrainConfig, init, data=None, rank:int=8, alpha:float=16, dropout:f
         if env.created_group and dist.is_initialized(): dist.destroy_process_group()
 
 # %% ../nbs/12_lora.ipynb #8430e9c2
-from .pretrain import stage_config
+from .pretrain import stage_config, run_summary
 def lora_cli(
     init:str='out/sft',  # folder of the model to adapt (config.json + model.safetensors), e.g. what minimind_sft wrote
     data:str=None,  # conversations JSONL (MiniMind's lora_identity.jsonl, lora_medical.jsonl); default: the embedded identity set
@@ -272,12 +272,7 @@ def lora_cli(
         raise CliError(f"minimind_lora: {e}") from None  # a message naming the problem, not a traceback
     if int(os.environ.get('RANK', 0)) == 0:
         if merge_out: merge_lora(trainer.raw_model).save_pretrained(merge_out); load_tokenizer(Path(out)).save_pretrained(merge_out)
-        losses = [h['loss'] for h in trainer.history if 'loss' in h]
-        vals = [h['val_loss'] for h in trainer.history if 'val_loss' in h]
-        what = 'stopped by SIGTERM' if trainer.stopped_early else 'done'
-        print(f"{what}: step {trainer.step}/{trainer.total_steps}, loss {losses[-1] if losses else float('nan'):.4f}"
-              + (f", val_loss {vals[-1]:.4f}" if vals else '') + f", {time.perf_counter() - start:.0f}s; "
-              f"adapter in {out} (resume with --resume)" + (f", merged model in {merge_out}" if merge_out else ''))
+        print(run_summary(trainer, out, start, 'adapter') + (f", merged model in {merge_out}" if merge_out else ''))
 
 def minimind_lora():
     "The `minimind_lora` console script: `lora_cli`'s flags, spelled `--batch-size` or MiniMind's `--batch_size`."

@@ -6,7 +6,7 @@ Docs: https://minimind-course.github.io/minimind/pretrain.html.md"""
 
 # %% auto #0
 __all__ = ['COURSE_PRETRAIN', 'pretrain_datasets', 'complete', 'first_sentence', 'fact_accuracy', 'pretrain', 'stage_config',
-           'pretrain_cli', 'minimind_pretrain', 'course_run', 'recipe_id', 'course_pretrained']
+           'run_summary', 'pretrain_cli', 'minimind_pretrain', 'course_run', 'recipe_id', 'course_pretrained']
 
 # %% ../nbs/10_pretrain.ipynb #b79a66c2
 import math, os, time
@@ -103,6 +103,15 @@ def stage_config(flags:dict) -> TrainConfig:
     return TrainConfig(out_dir=flags['out'], resume=flags.get('resume') or False,
                        **{k: v for k, v in flags.items() if k in known})
 
+def run_summary(trainer, out, start:float, noun:str='model', details=None) -> str:
+    "The last line a stage command prints: how it ended, the last loss (+ `details(last logged record)`), val loss, time, where the model is."
+    last = next((h for h in reversed(trainer.history) if 'loss' in h), {})
+    vals = [h['val_loss'] for h in trainer.history if 'val_loss' in h]
+    what = 'stopped by SIGTERM' if trainer.stopped_early else 'done'
+    return (f"{what}: step {trainer.step}/{trainer.total_steps}, loss {last.get('loss', float('nan')):.4f}"
+            + (details(last) if details else '') + (f", val_loss {vals[-1]:.4f}" if vals else '')
+            + f", {time.perf_counter() - start:.0f}s; {noun} in {out} (resume with --resume)")
+
 def pretrain_cli(
     preset:str='tiny',  # model size: tiny, tiny-moe, minimind2-small (26M), minimind2 (104M), minimind2-moe
     data:str=None,  # pretraining JSONL, one {"text": ...} per line (MiniMind's pretrain_hq.jsonl); default: the embedded corpus
@@ -143,12 +152,7 @@ def pretrain_cli(
     except (DataError, FileNotFoundError, ValueError, ImportError) as e:
         raise CliError(f"minimind_pretrain: {e}") from None  # a message naming the problem, not a traceback
     if int(os.environ.get('RANK', 0)) == 0:
-        losses = [h['loss'] for h in trainer.history if 'loss' in h]
-        vals = [h['val_loss'] for h in trainer.history if 'val_loss' in h]
-        what = 'stopped by SIGTERM' if trainer.stopped_early else 'done'
-        print(f"{what}: step {trainer.step}/{trainer.total_steps}, loss {losses[-1] if losses else float('nan'):.4f}"
-              + (f", val_loss {vals[-1]:.4f}" if vals else '') + f", {time.perf_counter() - start:.0f}s; "
-              f"model in {out} (resume with --resume)")
+        print(run_summary(trainer, out, start))
 
 def minimind_pretrain():
     "The `minimind_pretrain` console script: `pretrain_cli`'s flags, spelled `--batch-size` or MiniMind's `--batch_size`."

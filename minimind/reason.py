@@ -99,7 +99,7 @@ def reasoning_scores(model, tokenizer, records:list, max_new_tokens:int=128) -> 
                 rows_thinking=rows_think, rows_no_thinking=rows_plain)
 
 # %% ../nbs/15_reason.ipynb #1b2177a0
-from .pretrain import stage_config
+from .pretrain import stage_config, run_summary
 def reason_cli(
     init:str='out/sft',  # folder of the model to start from (the SFT model: what minimind_sft writes)
     data:str=None,  # reasoning JSONL: conversations whose replies carry <think>/<answer> tags (MiniMind's r1_mix_1024.jsonl); default: the embedded corpus
@@ -138,16 +138,7 @@ def reason_cli(
     try: trainer = reason(cfg, init, data, tag_weight, tokenizer, val_fraction, 'skip' if skip_bad_lines else 'raise')
     except (DataError, FileNotFoundError, ValueError, ImportError) as e:
         raise CliError(f"minimind_reason: {e}") from None  # a message naming the problem, not a traceback
-    if int(os.environ.get('RANK', 0)) == 0: print(_summary(trainer, out, start))
-
-def _summary(trainer:Trainer, out, start:float) -> str:
-    "The last line a stage command prints."
-    losses = [h['loss'] for h in trainer.history if 'loss' in h]
-    vals = [h['val_loss'] for h in trainer.history if 'val_loss' in h]
-    what = 'stopped by SIGTERM' if trainer.stopped_early else 'done'
-    return (f"{what}: step {trainer.step}/{trainer.total_steps}, loss {losses[-1] if losses else float('nan'):.4f}"
-            + (f", val_loss {vals[-1]:.4f}" if vals else '') + f", {time.perf_counter() - start:.0f}s; "
-            f"model in {out} (resume with --resume)")
+    if int(os.environ.get('RANK', 0)) == 0: print(run_summary(trainer, out, start))
 
 def minimind_reason():
     "The `minimind_reason` console script: `reason_cli`'s flags, spelled `--batch-size` or MiniMind's `--batch_size`."
@@ -301,7 +292,7 @@ def grpo(cfg:TrainConfig, init, data=None, num_generations:int=8, max_new_tokens
         if env.created_group and dist.is_initialized(): dist.destroy_process_group()
 
 # %% ../nbs/15_reason.ipynb #45173abb
-from .pretrain import stage_config
+from .pretrain import stage_config, run_summary
 def grpo_cli(
     init:str='out/reason',  # folder of the model to start from (the reasoning model: what minimind_reason writes); also the frozen reference
     data:str=None,  # prompts with answers: RL JSONL {"conversations": [...], "answer": ...} or a reasoning JSONL (answer from <answer>); default: the embedded corpus
@@ -348,7 +339,7 @@ def grpo_cli(
     if int(os.environ.get('RANK', 0)) == 0:
         rewards = [h['reward'] for h in trainer.history if 'reward' in h]
         tail = rewards[-10:]
-        print(_summary(trainer, out, start) + (f"; mean reward of the last {len(tail)} steps {sum(tail)/len(tail):.3f}" if tail else ''))
+        print(run_summary(trainer, out, start) + (f"; mean reward of the last {len(tail)} steps {sum(tail)/len(tail):.3f}" if tail else ''))
 
 def minimind_grpo():
     "The `minimind_grpo` console script: `grpo_cli`'s flags, spelled `--batch-size` or MiniMind's `--batch_size`."

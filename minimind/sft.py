@@ -136,7 +136,7 @@ def sft(cfg:TrainConfig, init, data=None, tokenizer=None, val_fraction:float=0.0
         if env.created_group and dist.is_initialized(): dist.destroy_process_group()
 
 # %% ../nbs/11_sft.ipynb #92c78c98
-from .pretrain import stage_config
+from .pretrain import stage_config, run_summary
 def sft_cli(
     init:str='out/pretrain',  # folder of the model to fine-tune (written by minimind_pretrain, or MiniMind2 weights)
     data:str=None,  # chat JSONL, one {"conversations": [{"role", "content"}, ...]} per line (MiniMind's sft_*.jsonl); default: the embedded corpus
@@ -176,12 +176,7 @@ def sft_cli(
     except (DataError, FileNotFoundError, ValueError, ImportError) as e:
         raise CliError(f"minimind_sft: {e}") from None  # a message naming the problem, not a traceback
     if int(os.environ.get('RANK', 0)) == 0:
-        losses = [h['loss'] for h in trainer.history if 'loss' in h]
-        vals = [h['val_loss'] for h in trainer.history if 'val_loss' in h]
-        what = 'stopped by SIGTERM' if trainer.stopped_early else 'done'
-        print(f"{what}: step {trainer.step}/{trainer.total_steps}, loss {losses[-1] if losses else float('nan'):.4f}"
-              + (f", val_loss {vals[-1]:.4f}" if vals else '') + f", {time.perf_counter() - start:.0f}s; "
-              f"model in {out} (resume with --resume)")
+        print(run_summary(trainer, out, start))
 
 def minimind_sft():
     "The `minimind_sft` console script: `sft_cli`'s flags, spelled `--batch-size` or MiniMind's `--batch_size`."
