@@ -222,8 +222,9 @@ def to_device(batch, device:torch.device):
     if isinstance(batch, (list, tuple)): return type(batch)(to_device(v, device) for v in batch)
     return batch
 
-def count_tokens(batch) -> int:
-    "Tokens in a batch: the attention mask's ones, else the size of `input_ids`, else 0."
+def count_tokens(batch, metrics:dict=None) -> int:
+    "Tokens in a batch: a `tokens` entry the loss function put in `metrics` (removed from them), else the attention mask's ones, else the size of `input_ids`, else 0."
+    if metrics is not None and 'tokens' in metrics: return int(metrics.pop('tokens'))
     if isinstance(batch, dict):
         if 'attention_mask' in batch: return int(batch['attention_mask'].sum())
         if 'input_ids' in batch: return batch['input_ids'].numel()
@@ -466,7 +467,7 @@ def _micro_step(self:Trainer, batch, last:bool):
         if self.use_deepspeed: self.wrapped.backward(loss)  # the engine divides by accum itself
         elif self.scaler is not None: self.scaler.scale(loss / self.cfg.accum).backward()
         else: (loss / self.cfg.accum).backward()
-    return loss.detach().float(), metrics, count_tokens(batch)
+    return loss.detach().float(), metrics, count_tokens(batch, metrics)
 
 @patch
 def _optimizer_step(self:Trainer, lr:float) -> float:
