@@ -108,6 +108,7 @@ def test_grpo_end_to_end_and_resume(tmp_path, files):
     assert [m['step'] for m in recs] == [1, 2]
     assert {'reward', 'format_reward', 'answer_reward', 'kl', 'reply_len'} <= set(recs[0])
     assert 0 < recs[0]['reply_len'] <= 8
+    assert recs[0]['tokens'] > 0 and recs[0]['tokens_per_s'] > 0  # prompts and replies: the loss function counts them
     r = run(GRPO, [*common, '--steps', '3', '--resume'])
     assert r.returncode == 0, r.stderr[-3000:]
     assert [m['step'] for m in metrics(out)] == [1, 2, 3]
@@ -133,3 +134,13 @@ def test_grpo_resume_is_exact_on_a_minimind_r1_file(tmp_path, files):
     assert any(not torch.equal(a[k], init[k]) for k in a)  # it trained
     for k in a: assert torch.equal(a[k], b[k]), k
     assert [m['reward'] for m in metrics(tmp_path / 'straight')] == [m['reward'] for m in metrics(tmp_path / 'resumed')]
+
+
+def test_grpo_on_the_one_digit_prompts(tmp_path, files):
+    "`--data one-digit`: the course's prompts (the practised half of the one-digit problems), built in code, no file."
+    out = tmp_path / 'grpo'
+    r = run(GRPO, ['--init', files['init'], '--data', 'one-digit', '--out', out, '--steps', '1', '--batch_size', '2',
+                   '--num_generations', '2', '--max_new_tokens', '4'])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'on 708 prompts' in r.stdout, r.stdout  # 118 problems x 2 languages x 3 wordings
+    assert [m['step'] for m in metrics(out)] == [1]
