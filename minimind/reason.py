@@ -9,7 +9,8 @@ __all__ = ['ONE_DIGIT', 'COURSE_REASON', 'COURSE_GRPO', 'weighted_sft_loss', 're
            'follows_reason_format', 'reasoning_scores', 'reason_cli', 'minimind_reason', 'format_reward',
            'answer_reward', 'group_advantages', 'k3_kl', 'grpo_loss', 'rl_records', 'PromptDataset', 'collate_prompts',
            'one_digit_problems', 'in_grpo_heldout', 'one_digit_records', 'one_digit_rl', 'reply_mask', 'token_logprobs',
-           'grpo_loss_fn', 'grpo', 'sampled_pass_rate', 'grpo_cli', 'minimind_grpo', 'course_reason', 'course_grpo']
+           'sample_groups', 'grpo_loss_fn', 'grpo', 'sampled_pass_rate', 'grpo_cli', 'minimind_grpo', 'course_reason',
+           'course_grpo']
 
 # %% ../nbs/15_reason.ipynb #1254d9e3
 import copy, math, os, random, re, time, zlib
@@ -264,26 +265,33 @@ def token_logprobs(model, input_ids:torch.Tensor, attention_mask:torch.Tensor, n
     logits = model(input_ids, attention_mask=attention_mask, logits_to_keep=n_reply + 1).logits[:, :-1]  # (N, L, V)
     return logits.float().log_softmax(dim=-1).gather(-1, input_ids[:, -n_reply:, None]).squeeze(-1)      # (N, L)
 
+# %% ../nbs/15_reason.ipynb #f7286d92
+def sample_groups(model, tokenizer:MiniMindTokenizer, batch:dict, G:int, max_new_tokens:int=96, temperature:float=1.0,
+                  top_p:float=1.0) -> dict:
+    "Sample `G` replies to each prompt of a `collate_prompts` batch (eval mode, no gradient): `seqs` (N = B*G, T + L), `prompt_mask`, `replies`, `mask` (N, L), decoded `texts` and `answers`."
+    device = next(model.parameters()).device
+    prompts, prompt_mask = (batch[k].repeat_interleave(G, dim=0).to(device) for k in ('prompt_ids', 'prompt_mask'))  # each prompt G times
+    was_training = model.training; model.eval()                                # sampling: no dropout
+    with torch.no_grad():
+        seqs = model.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                              eos_token_id=tokenizer.eos_token_id, attention_mask=prompt_mask, pad_token_id=tokenizer.pad_token_id)
+    model.train(was_training)
+    seqs = seqs.clone()                                                        # inference tensor -> ordinary tensor
+    replies = seqs[:, prompts.shape[1]:]                                       # (N, L)
+    mask = reply_mask(replies, tokenizer.eos_token_id)                         # (N, L)
+    texts = [tokenizer.decode(row[:int(m.sum())].tolist()) for row, m in zip(replies, mask)]
+    return dict(seqs=seqs, prompt_mask=prompt_mask, replies=replies, mask=mask, texts=texts,
+                answers=[a for a in batch['answers'] for _ in range(G)])
+
 # %% ../nbs/15_reason.ipynb #2fe506fa
 def grpo_loss_fn(reference, tokenizer:MiniMindTokenizer, num_generations:int=8, max_new_tokens:int=96,
                  temperature:float=1.0, top_p:float=1.0, clip_eps:float=0.2, beta:float=0.04):
     "A `loss_fn(model, batch) -> (loss, metrics)` that samples `num_generations` replies per prompt and returns the GRPO loss."
     reference.eval().requires_grad_(False)
-    eos, pad, G = tokenizer.eos_token_id, tokenizer.pad_token_id, num_generations
+    G = num_generations
     def loss_fn(model, batch):
-        raw = unwrap(model)                                                    # generate is a method of the plain module
-        prompts = batch['prompt_ids'].repeat_interleave(G, dim=0)              # (N = B*G, T) each prompt G times
-        prompt_mask = batch['prompt_mask'].repeat_interleave(G, dim=0)
-        answers = [a for a in batch['answers'] for _ in range(G)]
-        was_training = raw.training; raw.eval()                                # sampling: no dropout
-        with torch.no_grad():
-            seqs = raw.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                eos_token_id=eos, attention_mask=prompt_mask, pad_token_id=pad)
-        raw.train(was_training)
-        seqs = seqs.clone()                                                    # inference tensor -> ordinary tensor
-        replies = seqs[:, prompts.shape[1]:]                                   # (N, L)
-        mask = reply_mask(replies, eos)                                        # (N, L)
-        texts = [tokenizer.decode(row[:int(m.sum())].tolist()) for row, m in zip(replies, mask)]
+        s = sample_groups(unwrap(model), tokenizer, batch, G, max_new_tokens, temperature, top_p)  # generate: the plain module
+        seqs, prompt_mask, replies, mask, texts, answers = s['seqs'], s['prompt_mask'], s['replies'], s['mask'], s['texts'], s['answers']
         fmt = torch.tensor([format_reward(t) for t in texts])
         right = torch.tensor([answer_reward(t, a) for t, a in zip(texts, answers)])
         advantages = group_advantages(fmt + right, G).to(seqs.device)          # (N,)
@@ -324,21 +332,15 @@ def grpo(cfg:TrainConfig, init, data=None, num_generations:int=8, max_new_tokens
 def sampled_pass_rate(model, tokenizer:MiniMindTokenizer, records:list, num_generations:int=8, max_new_tokens:int=96,
                       temperature:float=1.0, batch_size:int=8) -> dict:
     "`pass_rate` of `num_generations` sampled replies per eval record, and `mixed`: the share of records whose group has both right and wrong replies."
-    G, device = num_generations, next(model.parameters()).device
+    G = num_generations
     items = [dict(prompt_ids=torch.tensor(tokenizer.apply_chat_template([msg('user', r['prompt'])], add_generation_prompt=True,
                                                                       tokenize=True)), answer=r['answer']) for r in records]
     right_per_group = []
     for i in range(0, len(items), batch_size):
-        batch = collate_prompts(items[i:i + batch_size], tokenizer.pad_token_id)
-        ids, mask = (batch[k].repeat_interleave(G, dim=0).to(device) for k in ('prompt_ids', 'prompt_mask'))
-        with torch.no_grad():
-            seqs = model.generate(ids, max_new_tokens=max_new_tokens, temperature=temperature, eos_token_id=tokenizer.eos_token_id,
-                                  attention_mask=mask, pad_token_id=tokenizer.pad_token_id)
-        replies = seqs[:, ids.shape[1]:].cpu()
-        lengths = reply_mask(replies, tokenizer.eos_token_id).sum(dim=1)
-        right = [answer_reward(tokenizer.decode(row[:int(n)].tolist()), answer)
-                 for row, n, answer in zip(replies, lengths, (a for a in batch['answers'] for _ in range(G)))]
-        right_per_group += [sum(right[j * G:(j + 1) * G]) for j in range(len(batch['answers']))]
+        s = sample_groups(model, tokenizer, collate_prompts(items[i:i + batch_size], tokenizer.pad_token_id), G,
+                          max_new_tokens, temperature)
+        right = [answer_reward(text, answer) for text, answer in zip(s['texts'], s['answers'])]
+        right_per_group += [sum(right[j:j + G]) for j in range(0, len(right), G)]
     n = max(1, len(right_per_group))
     return dict(pass_rate=sum(right_per_group) / (n * G), mixed=sum(0 < k < G for k in right_per_group) / n)
 
