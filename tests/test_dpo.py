@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import save_fresh_tiny
+
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / 'tests' / 'dist_scripts' / 'cli.py'
 TINY = ['--steps', '4', '--batch_size', '4', '--max_seq_len', '96', '--save_every', '2', '--eval_every', '2',
@@ -27,15 +29,7 @@ def metrics(out):
 @pytest.fixture(scope='module')
 def init(tmp_path_factory):
     "A fresh tiny model saved as the starting point (an SFT model in real use)."
-    from minimind.config import MiniMindConfig
-    from minimind.model import MiniMindForCausalLM
-    from minimind.tokenizer import load_tokenizer
-    folder = tmp_path_factory.mktemp('init')
-    torch.manual_seed(0)
-    tok = load_tokenizer()
-    MiniMindForCausalLM(MiniMindConfig.from_preset('tiny', vocab_size=tok.vocab_size)).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_fresh_tiny(tmp_path_factory.mktemp('init'))
 
 
 @pytest.fixture(scope='module')

@@ -1,20 +1,17 @@
 """Every post-training command (chapters 11-15) under `torchrun --nproc_per_node 2` (DDP, gloo on CPU): it trains,
 both ranks consume their own shard of the data (the checkpoint's position counts both), and only rank 0 writes the
 model. The single-process runs and their resume are tested in each stage's own test file."""
-import json, os, socket, subprocess, sys
+import json, os, subprocess, sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import free_port, save_fresh_tiny
+
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / 'tests' / 'dist_scripts' / 'cli.py'
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
 def torchrun(module_func, args, cache, timeout=300):
@@ -29,15 +26,9 @@ def torchrun(module_func, args, cache, timeout=300):
 @pytest.fixture(scope='module')
 def files(tmp_path_factory):
     "A fresh tiny model with the shipped tokenizer (also the distillation teacher), and 200 records of each corpus file."
-    from minimind.config import MiniMindConfig
     from minimind.corpus import default_corpus
-    from minimind.model import MiniMindForCausalLM
-    from minimind.tokenizer import load_tokenizer
     root = tmp_path_factory.mktemp('ddp')
-    tok = load_tokenizer()
-    torch.manual_seed(0)
-    MiniMindForCausalLM(MiniMindConfig.from_preset('tiny', vocab_size=tok.vocab_size)).save_pretrained(root / 'init')
-    tok.save_pretrained(root / 'init')
+    save_fresh_tiny(root / 'init')
     corpus, out = default_corpus(), dict(init=root / 'init', root=root)
     for kind in ('sft', 'identity', 'dpo', 'reason', 'rl'):
         out[kind] = root / f'{kind}.jsonl'

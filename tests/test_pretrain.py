@@ -1,20 +1,17 @@
 """`minimind_pretrain` end to end (chapter 10): a tiny run, resume, --help, a bad data line, torchrun and the
 deepspeed launcher on 2 CPU processes, TensorBoard and wandb logging."""
-import json, os, socket, subprocess, sys
+import json, os, subprocess, sys
 from pathlib import Path
 
 import pytest
+
+from helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / 'tests' / 'dist_scripts' / 'cli.py'
 BIN = Path(sys.executable).parent
 TINY = ['--steps', '4', '--batch_size', '4', '--max_seq_len', '64', '--save_every', '2', '--eval_every', '2',
         '--log_every', '1', '--lr', '3e-3']
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
 def run(args, launcher=(), timeout=300, cache=None):

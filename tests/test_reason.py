@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import save_fresh_tiny
+
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / 'tests' / 'dist_scripts' / 'cli.py'
 
@@ -38,15 +40,9 @@ REASON, GRPO = 'minimind.reason:minimind_reason', 'minimind.reason:minimind_grpo
 @pytest.fixture(scope='module')
 def files(tmp_path_factory):
     "A fresh tiny model (with the shipped tokenizer saved beside it), a MiniMind-format r1 file and 16 RL prompts."
-    from minimind.config import MiniMindConfig
     from minimind.corpus import default_corpus
-    from minimind.model import MiniMindForCausalLM
-    from minimind.tokenizer import load_tokenizer
     root = tmp_path_factory.mktemp('reason')
-    tok = load_tokenizer()
-    torch.manual_seed(0)
-    MiniMindForCausalLM(MiniMindConfig.from_preset('tiny', vocab_size=tok.vocab_size)).save_pretrained(root / 'init')
-    tok.save_pretrained(root / 'init')
+    save_fresh_tiny(root / 'init')
     r1 = root / 'r1_mix_1024.jsonl'
     r1.write_text(''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in R1_RECORDS), encoding='utf-8')
     rl = root / 'rl.jsonl'

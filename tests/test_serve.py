@@ -1,6 +1,6 @@
 """`minimind_serve` (chapter 16) on loopback: the official openai client (streaming and not), raw HTTP for the error
 cases, the bearer token, stop sequences, reasoning_content, concurrent streams, and a disconnect freeing its slot."""
-import json, os, socket, subprocess, sys, threading, time
+import json, os, subprocess, sys, threading, time
 from pathlib import Path
 
 import httpx
@@ -15,15 +15,11 @@ from minimind.model import CausalLMOutput, MiniMindForCausalLM
 from minimind.tokenizer import load_tokenizer
 from minimind.config import run_cli
 from minimind.chat import BackgroundServer, create_app, serve_cli
+from helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / 'tests' / 'dist_scripts' / 'cli.py'
 KEY = 'test-key-123'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
 def tiny_model(seed=0) -> MiniMindForCausalLM:

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import save_fresh_tiny
+
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / 'tests' / 'dist_scripts' / 'cli.py'
 TINY = ['--batch_size', '4', '--max_seq_len', '128', '--eval_every', '4', '--log_every', '1', '--lr', '3e-3']
@@ -30,14 +32,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope='module')
 def init(tmp_path_factory):
     "A fresh tiny model saved to disk (SFT only needs a folder with config.json and weights)."
-    import torch
-    from minimind.config import MiniMindConfig
-    from minimind.model import MiniMindForCausalLM
-    from minimind.tokenizer import load_tokenizer
-    folder = tmp_path_factory.mktemp('init')
-    torch.manual_seed(0)
-    MiniMindForCausalLM(MiniMindConfig.from_preset('tiny', vocab_size=load_tokenizer().vocab_size)).save_pretrained(folder)
-    return folder
+    return save_fresh_tiny(tmp_path_factory.mktemp('init'), with_tokenizer=False)
 
 
 def metrics(out):

@@ -1,20 +1,17 @@
 """Multi-process and crash tests of `minimind.trainer` (chapter 09): DDP equivalence, kill-and-resume, resume on
 another world size, DeepSpeed ZeRO-2, NaN stop, SIGTERM. Each run is a subprocess of tests/dist_scripts/train_tiny.py."""
-import json, math, os, random, signal, socket, subprocess, sys, time
+import json, math, os, random, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'tests' / 'dist_scripts' / 'train_tiny.py'
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
 def env():
