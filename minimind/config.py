@@ -6,7 +6,8 @@ Docs: https://minimind-course.github.io/minimind/config.html.md"""
 
 # %% auto #0
 __all__ = ['DEFAULT_YARN', 'PRESETS', 'HF_BOOKKEEPING_KEYS', 'default_intermediate_size', 'MiniMindConfig', 'count_parameters',
-           'preset_table', 'fixtures_dir', 'run_cli', 'cli']
+           'preset_table', 'fixtures_dir', 'Flag', 'function_flags', 'FlagError', 'check_flag', 'command_parser',
+           'run_cli', 'cli']
 
 # %% ../nbs/00_config.ipynb #247f5965
 import json, math, os
@@ -187,10 +188,92 @@ def fixtures_dir(required:bool=None) -> Optional[Path]:
     if required: raise FileNotFoundError(f"reference fixtures not found (looked in {[str(c) for c in cands]}); set $MINIMIND_FIXTURES")
     return None
 
-# %% ../nbs/00_config.ipynb #bf31b040
-import inspect, re, sys
+# %% ../nbs/00_config.ipynb #6bdef70e
+import argparse, inspect, re, shutil, sys
+from dataclasses import dataclass, field
 from functools import wraps
-from fastcore.script import anno_parser, CliError
+from typing import Annotated, Union, get_args, get_origin
+from fastcore.docments import docments
+from fastcore.script import CliError
+
+@dataclass
+class Flag:
+    "One parameter of a console script: `--name` (or a positional argument), its type, default and help text."
+    name: str
+    type: type = str
+    default: object = None
+    help: str = ''
+    extra: dict = field(default_factory=dict)   # more argparse settings, e.g. nargs='?' and const for `--resume [DIR]`
+    positional: bool = False
+
+def _flag_type(annotation) -> tuple:
+    "`(type, argparse extras, help)` of an annotation: `Annotated[T, 'help', {...}]` and `Optional[T]` give T."
+    extra, text = {}, None
+    if get_origin(annotation) is Annotated:
+        annotation, *meta = get_args(annotation)
+        extra = next((m for m in meta if isinstance(m, dict)), {})
+        text = next((m for m in meta if isinstance(m, str)), None)
+    if get_origin(annotation) is Union: annotation = next(a for a in get_args(annotation) if a is not type(None))
+    return (str if annotation is inspect.Parameter.empty else annotation), extra, text
+
+def function_flags(func) -> list:
+    "The `Flag`s of `func`'s parameters: the type from each annotation, the help from the comment beside it."
+    docs = docments(func, full=True, returns=False, eval_str=True)
+    flags = []
+    for name, p in inspect.signature(func).parameters.items():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD): continue
+        kind, extra, text = _flag_type(docs[name].anno)
+        flags.append(Flag(name, kind, None if p.default is p.empty else p.default, docs[name].docment or text or '',
+                          extra, positional=p.default is p.empty))
+    return flags
+
+# %% ../nbs/00_config.ipynb #af94e632
+import math
+
+class FlagError(ValueError):
+    "A flag has a value its command cannot use; the message names the flag. Console scripts exit with code 2."
+
+def check_flag(name:str, value, low=None, high=None, low_open:bool=False, choices=None):
+    "`value`, or a `FlagError` naming `--name` when it is not finite, below `low` (or equal to it, with `low_open`), above `high`, or not among `choices`. None passes."
+    if value is None: return value
+    flag = '--' + name.replace('_', '-')
+    if choices is not None:
+        if value not in choices: raise FlagError(f"{flag} {value!r}: choose one of {', '.join(map(str, choices))}")
+        return value
+    if isinstance(value, float) and not math.isfinite(value): raise FlagError(f"{flag} {value}: must be a finite number")
+    if low is not None and (value <= low if low_open else value < low):
+        raise FlagError(f"{flag} {value}: must be {'greater than' if low_open else 'at least'} {low}")
+    if high is not None and value > high: raise FlagError(f"{flag} {value}: must be at most {high}")
+    return value
+
+# %% ../nbs/00_config.ipynb #4aa8032c
+class _HelpFormatter(argparse.HelpFormatter):
+    "Help as wide as the terminal (120 columns when there is none)."
+    def __init__(self, prog):
+        width = shutil.get_terminal_size((120, 30)).columns
+        super().__init__(prog, max_help_position=width // 2, width=width)
+    def _expand_help(self, action): return self._get_help_string(action)   # help text is plain: a '%' is a percent sign
+
+class _Parser(argparse.ArgumentParser):
+    "argparse whose usage errors are one line naming the problem, with exit code 2."
+    def error(self, message): self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+def command_parser(func, prog:str=None) -> argparse.ArgumentParser:
+    "The argument parser of command `func`: its `flags()` if it has them, else its parameters (`function_flags`)."
+    flags = func.flags() if hasattr(func, 'flags') else function_flags(func)
+    parser = _Parser(prog=prog, description=inspect.getdoc(func), formatter_class=_HelpFormatter)
+    for f in flags:
+        kw = dict(f.extra)
+        if f.type is bool and not f.positional: kw.setdefault('action', 'store_false' if f.default else 'store_true')
+        else: kw.update(type=f.type, metavar=f'({getattr(f.type, "__name__", f.type)})')
+        shown = f.default is not None and f.type is not bool
+        if f.default is not None: kw['default'] = f.default
+        text = f.help + (f" (default: {f.default})" if shown else '')
+        if f.positional: parser.add_argument(f.name, help=text, **kw)
+        else:
+            name = f'no-{f.name}' if f.type is bool and f.default else f.name   # a flag that is on by default turns off
+            parser.add_argument('--' + name.replace('_', '-'), dest=f.name, help=text, **kw)
+    return parser
 
 def _hyphenate_flag(arg:str) -> str:
     "`--max_seq_len=512` -> `--max-seq-len=512`; values and positionals untouched."
@@ -203,10 +286,16 @@ def run_cli(func, argv:list=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     cut = argv.index('--') if '--' in argv else len(argv)  # after a bare `--` everything is a value
     argv = [_hyphenate_flag(a) for a in argv[:cut]] + argv[cut:]
-    parsed = anno_parser(func, prog=Path(sys.argv[0]).name).parse_args(argv)
-    params = inspect.signature(func).parameters  # anno_parser adds its own flags (e.g. --pdb): keep only ours
-    try: func(**{k: v for k, v in vars(parsed).items() if k in params})
+    prog = Path(sys.argv[0]).name
+    parsed = command_parser(func, prog).parse_args(argv)
+    try: func(**vars(parsed))
+    except FlagError as e: raise SystemExit(_usage_error(prog, e)) from None
     except CliError as e: raise SystemExit(str(e)) from None  # a message for the user, not a traceback
+
+def _usage_error(prog:str, error:FlagError) -> int:
+    "Print `error` as one line and give argparse's exit code for bad usage."
+    print(f"{prog}: {error}", file=sys.stderr)
+    return 2
 
 def cli(func):
     "Make `func` a console script: run as `func.__name__`, it parses `sys.argv` with `run_cli`; called with arguments, it just runs."

@@ -1,8 +1,31 @@
-"Helpers the test files share: a free local port, and a fresh tiny model saved to a folder."
-import socket
+"Helpers the test files share: running a console script in a subprocess, a free local port, a fresh tiny model saved to a folder."
+import os, socket, subprocess, sys
 from pathlib import Path
 
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = REPO / 'tests' / 'dist_scripts' / 'cli.py'
+BIN = Path(sys.executable).parent
+DIST_VARS = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
+
+
+def run(command:str, *args, cache=None, launcher=(), timeout:float=300, input:str=None, env:dict=None):
+    """Run console script `command` (`'minimind.sft:minimind_sft'`: its module and function, so the package need not be
+    installed) with `args` from the repository root, one CPU thread, no inherited process-group variables, and
+    `MINIMIND_CACHE=cache` when given; `launcher` (e.g. torchrun's command line) runs it instead of this Python."""
+    full_env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1', **(env or {}))
+    for k in DIST_VARS: full_env.pop(k, None)
+    if cache: full_env['MINIMIND_CACHE'] = str(cache)  # token shards of the test data stay in the test's folder
+    prog = [str(CLI), command] if launcher else [sys.executable, str(CLI), command]
+    return subprocess.run([*map(str, launcher), *prog, *map(str, args)], capture_output=True, text=True, env=full_env,
+                          timeout=timeout, cwd=REPO, input=input)
+
+
+def torchrun_launcher(nproc:int=2) -> list:
+    "torchrun's command line for `nproc` CPU processes on this machine, with a rendezvous on a free local port."
+    return [BIN / 'torchrun', '--nnodes', '1', '--nproc_per_node', str(nproc), '--rdzv_backend', 'c10d',
+            '--rdzv_endpoint', f'127.0.0.1:{free_port()}']
 
 
 def free_port() -> int:
@@ -11,13 +34,13 @@ def free_port() -> int:
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
-def save_fresh_tiny(folder, with_tokenizer:bool=True, seed:int=0) -> Path:
-    "A freshly initialised `tiny` model (seeded) saved to `folder`, with the shipped tokenizer beside it unless told not to."
+def save_fresh_tiny(folder, with_tokenizer:bool=True, seed:int=0, preset:str='tiny') -> Path:
+    "A freshly initialised `preset` model (seeded) saved to `folder`, with the shipped tokenizer beside it unless told not to."
     from minimind.config import MiniMindConfig
     from minimind.model import MiniMindForCausalLM
     from minimind.tokenizer import load_tokenizer
     tok = load_tokenizer()
     torch.manual_seed(seed)
-    MiniMindForCausalLM(MiniMindConfig.from_preset('tiny', vocab_size=tok.vocab_size)).save_pretrained(folder)
+    MiniMindForCausalLM(MiniMindConfig.from_preset(preset, vocab_size=tok.vocab_size)).save_pretrained(folder)
     if with_tokenizer: tok.save_pretrained(folder)
     return Path(folder)
