@@ -8,8 +8,8 @@ Docs: https://minimind-course.github.io/minimind/bench.html.md"""
 __all__ = ['PEAK_BF16_TFLOPS', 'flops_per_token', 'peak_flops', 'mfu', 'minimind_like_lengths', 'synthetic_documents',
            'MiniMindPaddedDataset', 'MiniMindEagerAttention', 'use_eager_attention', 'minimind_masked_loss',
            'training_steps', 'time_side_by_side', 'time_training', 'endless', 'packed_batches', 'padded_batches',
-           'packed_useful', 'padded_useful', 'ours_loss', 'generation_speed', 'resolve_device', 'measure',
-           'run_isolated', 'benchmark', 'report_markdown', 'bench_cli', 'minimind_bench']
+           'packed_useful', 'padded_useful', 'ours_loss', 'generation_speed', 'measure', 'run_isolated', 'benchmark',
+           'report_markdown', 'bench_cli', 'minimind_bench']
 
 # %% ../nbs/19_bench.ipynb #b9577a00
 import json, math, os, subprocess, sys, tempfile, time
@@ -29,8 +29,9 @@ from .tokenizer import MiniMindTokenizer, load_tokenizer
 from .attention import Attention, repeat_kv
 from .model import MiniMindForCausalLM
 from .datasets import tokenize_to_shards, PackedDataset, ResumableSampler, padding_waste
-from .config import run_cli
-from .trainer import TrainConfig, make_optimizer, resolve_dtype, default_loss, to_device
+from .config import run_cli, check_flag, FlagError
+from .trainer import TrainConfig, make_optimizer, resolve_dtype, to_device
+from .stage import resolve_device
 
 # %% ../nbs/19_bench.ipynb #a4648ed8
 def flops_per_token(cfg:MiniMindConfig, seq_len:int) -> int:
@@ -222,8 +223,9 @@ def padded_useful(batch:dict) -> int:
     return int(batch['loss_mask'].sum())
 
 def ours_loss(model, batch:dict) -> torch.Tensor:
-    "The Trainer's default loss (cross-entropy over the packed row, plus the MoE aux loss)."
-    return default_loss(model, batch)[0]
+    "What the Trainer minimises on a packed row: the cross-entropy plus the MoE balancing loss it adds (chapter 09)."
+    out = model(**batch)
+    return out.loss if out.aux_loss is None else out.loss + out.aux_loss
 
 # %% ../nbs/19_bench.ipynb #28aa24d6
 @torch.no_grad()
@@ -241,14 +243,6 @@ def generation_speed(model:MiniMindForCausalLM, prompt_ids:list, batch_size:int=
                 tokens_per_s=batch_size * new_tokens / seconds, ms_per_step=1000 * seconds / new_tokens)
 
 # %% ../nbs/19_bench.ipynb #e002dde7
-def resolve_device(name:str='auto') -> torch.device:
-    "`auto` -> cuda if available, else cpu; otherwise the named device."
-    if name in (None, '', 'auto'): return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device(name)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
-    return device
-
 def _peak_rss_mb() -> Optional[float]:
     "Peak resident memory of this process so far, MB (None where `resource` is missing, e.g. Windows)."
     try: import resource
@@ -364,7 +358,7 @@ def _summarise(name:str, paired:list, memory:dict, flops_tok:int, peak:Optional[
     best['mfu'] = mfu(best['tokens_per_s'], flops_tok, peak)
     return best
 
-def benchmark(preset:str='tiny', seq_len:int=512, batch_size:int=8, steps:int=5, warmup:int=2, dist:str='minimind',
+def benchmark(*, preset:str='tiny', seq_len:int=512, batch_size:int=8, steps:int=5, warmup:int=2, dist:str='minimind',
               data:Optional[str]=None, docs:Optional[int]=None, device:str='auto', dtype:str='auto', compile:bool=False,
               threads:Optional[int]=None, skip_baseline:bool=False, baseline_attn:str='eager', gen_tokens:int=64,
               gen_batch:int=8, num_workers:int=0, repeats:int=1, peak_tflops:Optional[float]=None, seed:int=0,
@@ -373,7 +367,11 @@ def benchmark(preset:str='tiny', seq_len:int=512, batch_size:int=8, steps:int=5,
     run = run_isolated if isolate else measure   # in-process: quicker, but CPU memory is then the shared process's
     MiniMindConfig.from_preset(preset)                           # fail early on an unknown preset
     if baseline_attn not in ('eager', 'sdpa'): raise ValueError(f"--baseline_attn {baseline_attn!r}: use 'eager' or 'sdpa'")
-    if steps < 1 or warmup < 0 or batch_size < 1 or repeats < 1: raise ValueError("--steps, --batch_size and --repeats must be >= 1, --warmup >= 0")
+    for name, value, low in (('seq_len', seq_len, 2), ('batch_size', batch_size, 1), ('steps', steps, 1), ('warmup', warmup, 0),
+                             ('docs', docs, 1), ('threads', threads, 1), ('gen_tokens', gen_tokens, 1), ('gen_batch', gen_batch, 1),
+                             ('num_workers', num_workers, 0), ('repeats', repeats, 1)):
+        check_flag(name, value, low=low)
+    check_flag('peak_tflops', peak_tflops, low=0, low_open=True)
     torch_device = resolve_device(device)
     tok = load_tokenizer(tokenizer)
     cleanup = None
@@ -488,9 +486,9 @@ def bench_cli(
     tokenizer:str=None,  # tokenizer folder; default: the one shipped with the package
 ):
     "Benchmark training throughput (ours vs MiniMind's padded pipeline), memory, generation speed and MFU."
-    try:
-        report = benchmark(preset, seq_len, batch_size, steps, warmup, dist, data, docs, device, dtype, compile, threads,
-                           skip_baseline, baseline_attn, gen_tokens, gen_batch, num_workers, repeats, peak_tflops, seed, tokenizer)
+    settings = {k: v for k, v in locals().items() if k != 'out'}    # every flag but --out is a setting of `benchmark`
+    try: report = benchmark(**settings)
+    except FlagError: raise                                          # a bad flag: one line, exit code 2
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise CliError(f"minimind_bench: {e}") from None
     table = report_markdown(report)

@@ -265,7 +265,7 @@ def command_parser(func, prog:str=None) -> argparse.ArgumentParser:
     for f in flags:
         kw = dict(f.extra)
         if f.type is bool and not f.positional: kw.setdefault('action', 'store_false' if f.default else 'store_true')
-        else: kw.update(type=f.type, metavar=f'({getattr(f.type, "__name__", f.type)})')
+        else: kw.update(type=f.type, **({} if f.positional else dict(metavar=f'({getattr(f.type, "__name__", f.type)})')))
         shown = f.default is not None and f.type is not bool
         if f.default is not None: kw['default'] = f.default
         text = f.help + (f" (default: {f.default})" if shown else '')

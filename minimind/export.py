@@ -6,9 +6,10 @@ Docs: https://minimind-course.github.io/minimind/export.html.md"""
 
 # %% auto #0
 __all__ = ['require', 'effective_rope_scaling', 'hf_rope_parameters', 'llama_config', 'granite_exact', 'granite_config',
-           'hf_config', 'hf_state_dict', 'save_hf_tokenizer', 'generation_config', 'to_hf', 'minimind_config_from_hf',
-           'read_safetensors_folder', 'from_hf', 'permute_for_gguf', 'unpermute_from_gguf', 'gguf_tensors',
-           'gguf_vocab', 'to_gguf', 'read_gguf', 'gguf_forward', 'check_export', 'export_cli', 'minimind_export']
+           'hf_config', 'hf_state_dict', 'save_hf_tokenizer', 'generation_config', 'model_and_tokenizer', 'write_whole',
+           'to_hf', 'minimind_config_from_hf', 'read_safetensors_folder', 'from_hf', 'permute_for_gguf',
+           'unpermute_from_gguf', 'gguf_tensors', 'gguf_vocab', 'to_gguf', 'read_gguf', 'gguf_forward', 'check_export',
+           'export_cli', 'minimind_export']
 
 # %% ../nbs/17_export.ipynb #66bfddea
 import json, math, os, shutil
@@ -22,6 +23,7 @@ from fastcore.script import CliError
 from .config import MiniMindConfig, run_cli
 from .model import MiniMindForCausalLM, WEIGHTS_NAME, check_state_dict
 from .tokenizer import MiniMindTokenizer, load_tokenizer, render_chat
+from .stage import load_checkpoint_folder, checkpoint_tokenizer
 
 # %% ../nbs/17_export.ipynb #1385cd53
 def require(package:str):
@@ -146,35 +148,44 @@ def generation_config(config:MiniMindConfig, tokenizer:MiniMindTokenizer) -> dic
                 pad_token_id=tokenizer.pad_token_id, do_sample=False)
 
 # %% ../nbs/17_export.ipynb #45470650
-def _load_minimind(source) -> MiniMindForCausalLM:
-    "A model, or the one in checkpoint folder `source`."
-    return source if isinstance(source, MiniMindForCausalLM) else MiniMindForCausalLM.from_pretrained(source)
+def model_and_tokenizer(source, tokenizer=None) -> tuple:
+    "`(model, tokenizer)`: `source` itself (a model) with `tokenizer` or the shipped one, or the checkpoint folder `source` opened with chapter 09a's loader."
+    if isinstance(source, MiniMindForCausalLM): return source, checkpoint_tokenizer(None, tokenizer)
+    return load_checkpoint_folder(source, tokenizer)
 
-def _tokenizer_for(source, tokenizer) -> MiniMindTokenizer:
-    "`tokenizer` (object or folder), else the one saved in checkpoint folder `source`, else the shipped one."
-    if isinstance(tokenizer, MiniMindTokenizer): return tokenizer
-    if tokenizer is not None: return load_tokenizer(tokenizer)
-    if not isinstance(source, MiniMindForCausalLM) and (Path(source) / 'tokenizer.json').is_file(): return load_tokenizer(source)
-    return load_tokenizer()
+def write_whole(out, write, force:bool=False) -> Path:
+    "Call `write(tmp)` on a temporary path beside `out`, then rename it to `out`: a crash leaves no half export. An existing `out` (a file, or a non-empty folder) is refused unless `force`."
+    out = Path(out)
+    if out.exists() and (out.is_file() or any(out.iterdir())) and not force:
+        raise FileExistsError(f"{out} already exists: pass --force to overwrite it (or choose another --out)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f'.{out.name}.tmp{os.getpid()}')
+    try:
+        write(tmp)
+        if out.is_dir(): shutil.rmtree(out)    # a folder cannot be renamed over another
+        os.replace(tmp, out)
+    finally:
+        if tmp.is_dir(): shutil.rmtree(tmp)
+        elif tmp.exists(): tmp.unlink()
+    return out
 
 def to_hf(source:Union[MiniMindForCausalLM, str, Path], out:Union[str, Path], tokenizer=None,
-          dtype:Optional[torch.dtype]=None) -> Path:
+          dtype:Optional[torch.dtype]=None, force:bool=False) -> Path:
     "Write `source` (model or checkpoint folder) as a transformers folder `out`: config, safetensors, tokenizer, generation config."
     from safetensors.torch import save_file
-    model, tok = _load_minimind(source), _tokenizer_for(source, tokenizer)
+    model, tok = model_and_tokenizer(source, tokenizer)
     if tok.vocab_size > model.config.vocab_size:
         raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model only {model.config.vocab_size} embeddings")
     state = hf_state_dict(model, dtype)
     dtype = next(iter(state.values())).dtype
     config = hf_config(model.config, dtype)     # raises for what no transformers architecture computes exactly
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (WEIGHTS_NAME + '.tmp')
-    save_file(state, str(tmp), metadata={'format': 'pt'})
-    os.replace(tmp, out / WEIGHTS_NAME)         # atomic, as every checkpoint write in the project
-    (out / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
-    (out / 'generation_config.json').write_text(json.dumps(generation_config(model.config, tok), indent=2) + '\n')
-    save_hf_tokenizer(tok, out)
-    return out
+    def write(folder):
+        folder.mkdir(parents=True)
+        save_file(state, str(folder / WEIGHTS_NAME), metadata={'format': 'pt'})
+        (folder / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
+        (folder / 'generation_config.json').write_text(json.dumps(generation_config(model.config, tok), indent=2) + '\n')
+        save_hf_tokenizer(tok, folder)
+    return write_whole(out, write, force)       # the whole folder appears at once, as every checkpoint write in the project
 
 # %% ../nbs/17_export.ipynb #5d71444d
 def minimind_config_from_hf(d:dict) -> MiniMindConfig:
@@ -318,10 +329,10 @@ def gguf_vocab(tokenizer:MiniMindTokenizer, vocab_size:int) -> dict:
 
 # %% ../nbs/17_export.ipynb #0a765542
 def to_gguf(source:Union[MiniMindForCausalLM, str, Path], out:Union[str, Path], tokenizer=None,
-            dtype:str='float32', name:Optional[str]=None) -> Path:
+            dtype:str='float32', name:Optional[str]=None, force:bool=False) -> Path:
     "Write `source` (dense model or checkpoint folder) as a llama-architecture GGUF file `out` with tokenizer and chat template."
     gguf = require('gguf')
-    model, tok = _load_minimind(source), _tokenizer_for(source, tokenizer)
+    model, tok = model_and_tokenizer(source, tokenizer)
     config = model.config
     if effective_rope_scaling(config) is not None:
         raise ValueError("the model uses rope_scaling (YaRN): export it without (set rope_scaling to null and "
@@ -329,10 +340,18 @@ def to_gguf(source:Union[MiniMindForCausalLM, str, Path], out:Union[str, Path], 
                          "(--rope-scaling yarn --rope-scale F --yarn-orig-ctx N)")
     if dtype not in ('float32', 'float16'): raise ValueError(f"GGUF dtype {dtype!r}: use float32 or float16")
     tensors = gguf_tensors(model, np.float32 if dtype == 'float32' else np.float16)   # raises for MoE
-    out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + '.tmp')
-    writer = gguf.GGUFWriter(str(tmp), 'llama')
-    writer.add_name(name or (Path(source).name if not isinstance(source, MiniMindForCausalLM) else 'MiniMind'))
+    vocab = gguf_vocab(tok, config.vocab_size)
+    def write(tmp):
+        writer = gguf.GGUFWriter(str(tmp), 'llama')
+        _gguf_metadata(writer, config, tok, vocab, dtype, name or (Path(source).name if not isinstance(source, MiniMindForCausalLM) else 'MiniMind'))
+        for tensor_name, array in tensors.items(): writer.add_tensor(tensor_name, array)
+        writer.write_header_to_file(); writer.write_kv_data_to_file(); writer.write_tensors_to_file(); writer.close()
+    return write_whole(out, write, force)
+
+def _gguf_metadata(writer, config, tok, vocab, dtype, name):
+    "The llama-architecture keys, the tokenizer and the chat template of a GGUF file."
+    gguf = require('gguf')
+    writer.add_name(name)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == 'float32' else gguf.LlamaFileType.MOSTLY_F16)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -344,7 +363,6 @@ def to_gguf(source:Union[MiniMindForCausalLM, str, Path], out:Union[str, Path], 
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_rope_dimension_count(config.head_dim)
     writer.add_vocab_size(config.vocab_size)
-    vocab = gguf_vocab(tok, config.vocab_size)
     writer.add_tokenizer_model('gpt2')      # byte-level BPE
     writer.add_tokenizer_pre('gpt-2')       # GPT-2's split regex, as tokenizers' ByteLevel pre-tokenizer
     writer.add_token_list(vocab['tokens'])
@@ -355,10 +373,6 @@ def to_gguf(source:Union[MiniMindForCausalLM, str, Path], out:Union[str, Path], 
     writer.add_pad_token_id(tok.pad_token_id)
     writer.add_add_bos_token(False)         # MiniMind's prompts carry their own <|im_start|>
     writer.add_chat_template(tok.chat_template)
-    for tensor_name, array in tensors.items(): writer.add_tensor(tensor_name, array)
-    writer.write_header_to_file(); writer.write_kv_data_to_file(); writer.write_tensors_to_file(); writer.close()
-    os.replace(tmp, out)
-    return out
 
 # %% ../nbs/17_export.ipynb #eb4fc2de
 def read_gguf(path:Union[str, Path]) -> tuple:
@@ -426,6 +440,7 @@ def export_cli(
     tokenizer:str=None,  # tokenizer folder; default: the one saved in CKPT_DIR, else the one shipped with the package
     dtype:str='auto',  # weights: auto (as stored; float32 for GGUF), float32, float16, bfloat16 (not GGUF)
     no_check:bool=False,  # skip loading the export back and comparing its logits with MiniMind's
+    force:bool=False,  # overwrite an existing export (a .gguf file, or a folder that is not empty)
 ):
     "Export a MiniMind checkpoint to a Hugging Face transformers folder or a GGUF file, or import a transformers folder."
     if to not in ('hf', 'gguf', 'minimind'): raise CliError(f"minimind_export: --to {to!r}: choose hf, gguf or minimind")
@@ -433,21 +448,19 @@ def export_cli(
     source = Path(ckpt_dir)
     out = Path(out) if out else source.with_name(source.name + {'hf': '-hf', 'gguf': '.gguf', 'minimind': '-minimind'}[to])
     try:
-        if not (source / 'config.json').is_file():
-            raise FileNotFoundError(f"{source}: no config.json; pass a checkpoint folder (e.g. out/pretrain, written by minimind_pretrain)")
         if to == 'minimind':
-            model = from_hf(source, _DTYPES[dtype])
-            tok = load_tokenizer(tokenizer or (source if (source / 'tokenizer.json').is_file() else None))
-            model.save_pretrained(out); tok.save_pretrained(out)
+            if not (source / 'config.json').is_file():
+                raise FileNotFoundError(f"{source}: no config.json; pass a transformers folder (e.g. one minimind_export --to hf wrote)")
+            model, tok = from_hf(source, _DTYPES[dtype]), checkpoint_tokenizer(source, tokenizer)
+            write_whole(out, lambda folder: (model.save_pretrained(folder), tok.save_pretrained(folder)), force)
             print(f"imported {source} ({json.loads((source / 'config.json').read_text())['model_type']}) into MiniMind checkpoint {out}")
             return
-        model = MiniMindForCausalLM.from_pretrained(source)
-        tok = _tokenizer_for(source, tokenizer)
+        model, tok = load_checkpoint_folder(source, tokenizer)
         if to == 'hf':
-            path = to_hf(model, out, tok, _DTYPES[dtype])
+            path = to_hf(model, out, tok, _DTYPES[dtype], force=force)
             arch = 'GraniteMoeSharedForCausalLM' if model.config.use_moe else 'LlamaForCausalLM'
         else:
-            path = to_gguf(model, out, tok, 'float32' if dtype == 'auto' else dtype, name=source.name)
+            path = to_gguf(model, out, tok, 'float32' if dtype == 'auto' else dtype, name=source.name, force=force)
             arch = 'llama'
         print(f"exported {source} as {arch} to {path}")
         if not no_check:
@@ -457,7 +470,7 @@ def export_cli(
                   + ('' if exact else f" (weights rounded to {dtype})"))
             if exact and diff > 1e-4:
                 raise ValueError(f"the export's logits differ from MiniMind's by {diff:.2e}: please report this as a bug")
-    except (FileNotFoundError, ValueError, ImportError, KeyError) as e:
+    except (OSError, ValueError, ImportError, KeyError) as e:   # a missing folder, an existing export, a full disk, ...
         raise CliError(f"minimind_export: {e}") from None   # a message naming the problem, not a traceback
 
 def minimind_export():

@@ -1,24 +1,19 @@
 """`minimind_bench` end to end (chapter 19): a tiny run writes the JSON report and the markdown table with every
 field; --skip_baseline, --help, and clear errors. Behaviour only: no timing thresholds."""
-import json, os, subprocess, sys
+import json
 from pathlib import Path
 
 import pytest
+from helpers import run
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = REPO / 'tests' / 'dist_scripts' / 'cli.py'
+BENCH = 'minimind.bench:minimind_bench'
 TINY = ['--preset', 'tiny', '--seq_len', '64', '--batch_size', '2', '--steps', '2', '--warmup', '1', '--threads', '1',
         '--gen_tokens', '4', '--gen_batch', '2', '--docs', '64', '--device', 'cpu']
 
 
-def run(args, timeout=600):
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
-    return subprocess.run([sys.executable, str(CLI), 'minimind.bench:minimind_bench', *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
-
-
 def test_help_lists_every_flag():
-    r = run(['--help'])
+    r = run(BENCH, '--help', timeout=600)
     assert r.returncode == 0, r.stderr
     for flag in ('--preset', '--seq-len', '--batch-size', '--steps', '--warmup', '--dist', '--data', '--device', '--dtype',
                  '--compile', '--threads', '--out', '--skip-baseline', '--baseline-attn', '--gen-tokens', '--gen-batch',
@@ -28,7 +23,7 @@ def test_help_lists_every_flag():
 
 def test_tiny_run_writes_report_and_table(tmp_path):
     out = tmp_path / 'reports' / 'bench.json'
-    r = run([*TINY, '--out', out])
+    r = run(BENCH, *TINY, '--out', out, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(out.read_text())
     assert set(report) == {'settings', 'machine', 'data', 'model', 'ours', 'baseline', 'speedup', 'speedup_epoch', 'generation'}
@@ -58,7 +53,7 @@ def test_tiny_run_writes_report_and_table(tmp_path):
 
 def test_corpus_distribution_with_the_sdpa_baseline(tmp_path):
     out = tmp_path / 'corpus.json'
-    r = run([*TINY, '--dist', 'corpus', '--baseline_attn', 'sdpa', '--out', out])
+    r = run(BENCH, *TINY, '--dist', 'corpus', '--baseline_attn', 'sdpa', '--out', out, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report['settings']['baseline_attn'] == 'sdpa' and report['settings']['dist'] == 'corpus'
@@ -69,7 +64,7 @@ def test_corpus_distribution_with_the_sdpa_baseline(tmp_path):
 
 def test_skip_baseline(tmp_path):
     out = tmp_path / 'ours_only.json'
-    r = run([*TINY, '--skip_baseline', '--out', out])
+    r = run(BENCH, *TINY, '--skip_baseline', '--out', out, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report['baseline'] is None and report['speedup'] is None and report['speedup_epoch'] is None
@@ -79,12 +74,12 @@ def test_skip_baseline(tmp_path):
 
 
 def test_bad_flags_give_clear_errors(tmp_path):
-    r = run([*TINY, '--preset', 'huge', '--out', tmp_path / 'x.json'])
+    r = run(BENCH, *TINY, '--preset', 'huge', '--out', tmp_path / 'x.json', timeout=600)
     assert r.returncode != 0 and 'unknown preset' in (r.stdout + r.stderr)
-    r = run([*TINY, '--data', tmp_path / 'missing.jsonl', '--out', tmp_path / 'x.json'])
+    r = run(BENCH, *TINY, '--data', tmp_path / 'missing.jsonl', '--out', tmp_path / 'x.json', timeout=600)
     assert r.returncode != 0 and 'missing.jsonl' in (r.stdout + r.stderr)
-    r = run([*TINY, '--docs', '4', '--batch_size', '8', '--out', tmp_path / 'x.json'])
+    r = run(BENCH, *TINY, '--docs', '4', '--batch_size', '8', '--out', tmp_path / 'x.json', timeout=600)
     assert r.returncode != 0 and 'fewer than one batch' in (r.stdout + r.stderr)
-    r = run([*TINY, '--baseline_attn', 'flash', '--out', tmp_path / 'x.json'])
+    r = run(BENCH, *TINY, '--baseline_attn', 'flash', '--out', tmp_path / 'x.json', timeout=600)
     assert r.returncode != 0 and "'eager' or 'sdpa'" in (r.stdout + r.stderr)
     assert not (tmp_path / 'x.json').exists()

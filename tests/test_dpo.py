@@ -1,29 +1,18 @@
 """DPO (chapter 13): the loss against its closed form and against `trl`'s, and `minimind_dpo` end to end (a tiny run
 from a saved model, resume, --help, a MiniMind-format dpo.jsonl, a clear error for a missing --init, the log-2 guard)."""
-import json, math, os, subprocess, sys
+import json, math
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import save_fresh_tiny
+from helpers import run, save_fresh_tiny
+from minimind.trainer import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = REPO / 'tests' / 'dist_scripts' / 'cli.py'
+DPO = 'minimind.dpo:minimind_dpo'
 TINY = ['--steps', '4', '--batch_size', '4', '--max_seq_len', '96', '--save_every', '2', '--eval_every', '2',
         '--log_every', '1', '--lr', '1e-3']
-
-
-def run(args, cache=None, timeout=300):
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
-    if cache: env['MINIMIND_CACHE'] = str(cache)  # token shards of the test data stay in the test's folder
-    for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'): env.pop(k, None)
-    return subprocess.run([sys.executable, str(CLI), 'minimind.dpo:minimind_dpo', *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=timeout, cwd=REPO)
-
-
-def metrics(out):
-    return [json.loads(l) for l in (Path(out) / 'metrics.jsonl').read_text().splitlines() if l.strip()]
 
 
 @pytest.fixture(scope='module')
@@ -105,7 +94,7 @@ def test_loss_matches_trl():
 
 
 def test_help_lists_the_flags():
-    r = run(['--help'])
+    r = run(DPO, '--help')
     assert r.returncode == 0, r.stderr[-2000:]
     for flag in ('--init', '--data', '--out', '--beta', '--length-norm', '--steps', '--batch-size', '--lr', '--resume',
                  '--stuck-steps', '--deepspeed', '--tokenizer'):
@@ -115,10 +104,10 @@ def test_help_lists_the_flags():
 def test_tiny_run_and_resume(tmp_path, init, data):
     "A 4-step run on a MiniMind-format dpo.jsonl writes a loadable model whose loss left log 2; resume continues to 6."
     out = tmp_path / 'out'
-    r = run(['--init', init, '--data', data, '--out', out, *TINY], cache=tmp_path / 'cache')
+    r = run(DPO, '--init', init, '--data', data, '--out', out, *TINY, cache=tmp_path / 'cache')
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'done: step 4/4' in r.stdout, r.stdout[-2000:]
-    recs = metrics(out)
+    recs = read_metrics(out)
     train = [m for m in recs if 'loss' in m]
     assert [m['step'] for m in train] == [1, 2, 3, 4]
     assert abs(train[0]['loss'] - math.log(2)) < 1e-5           # policy = reference at step 1
@@ -131,21 +120,21 @@ def test_tiny_run_and_resume(tmp_path, init, data):
     assert any(not torch.equal(policy[k], start[k]) for k in start)   # trained...
     assert MiniMindForCausalLM.from_pretrained(out).config.hidden_size == 128
     assert (out / 'tokenizer.json').exists()
-    r = run(['--init', init, '--data', data, '--out', out, *TINY[2:], '--steps', '6', '--resume'], cache=tmp_path / 'cache')
+    r = run(DPO, '--init', init, '--data', data, '--out', out, *TINY[2:], '--steps', '6', '--resume', cache=tmp_path / 'cache')
     assert r.returncode == 0, r.stderr[-3000:]
-    assert [m['step'] for m in metrics(out) if 'loss' in m] == list(range(1, 7))
+    assert [m['step'] for m in read_metrics(out) if 'loss' in m] == list(range(1, 7))
     state = json.loads((out / 'step-0000006' / 'trainer_state.json').read_text())
     assert state['step'] == 6 and state['stage'] == 'dpo'
 
 
 def test_stuck_loss_is_stopped(tmp_path, init, data):
     "MiniMind's lr of 1e-8 leaves a fresh run at log 2: the guard stops it with a message, not a traceback."
-    r = run(['--init', init, '--data', data, '--out', tmp_path / 'out', *TINY, '--lr', '1e-8', '--stuck_steps', '3'],
+    r = run(DPO, '--init', init, '--data', data, '--out', tmp_path / 'out', *TINY, '--lr', '1e-8', '--stuck_steps', '3',
             cache=tmp_path / 'cache')
     assert r.returncode != 0
     assert 'still log 2' in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
 
 
 def test_missing_init(tmp_path, data):
-    r = run(['--init', tmp_path / 'no_model', '--data', data, '--out', tmp_path / 'out', *TINY])
+    r = run(DPO, '--init', tmp_path / 'no_model', '--data', data, '--out', tmp_path / 'out', *TINY)
     assert r.returncode != 0 and 'no_model' in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]

@@ -1,6 +1,6 @@
 """`minimind_eval` (chapter 18): the CLI end to end on a fresh tiny model, perplexity against a hand computation,
 the repetition measures on hand strings, the multiple-choice scorer on rigged models, clear errors."""
-import json, math, os, subprocess, sys
+import json, math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,8 +14,10 @@ from minimind.tokenizer import load_tokenizer
 from minimind.eval import (perplexity, distinct_n, repeated_ngram_rate, is_looping, repetition_report, read_multiple_choice,
                            multiple_choice_accuracy, mc_prompt, results_table, parse_tasks, MC_LETTERS)
 
+from helpers import run
+
 REPO = Path(__file__).resolve().parents[1]
-CLI = REPO / 'tests' / 'dist_scripts' / 'cli.py'
+EVAL = 'minimind.eval:minimind_eval'
 MC_FILE = REPO / 'tests' / 'data' / 'eval_mc.jsonl'
 DOCS = ["Toma lives in Saltport. Toma is a baker and has a cat.", "Lina has a dog.", "托马住在盐港。托马是面包师。"]
 torch.set_num_threads(1)
@@ -40,12 +42,6 @@ def ckpt(tmp_path_factory, tok):
     return SimpleNamespace(root=root, dir=root / 'model', model=model, cache=root / 'cache', docs=root / 'docs.jsonl')
 
 
-def run(args, cache):
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1', MINIMIND_CACHE=str(cache))
-    return subprocess.run([sys.executable, str(CLI), 'minimind.eval:minimind_eval', *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=300, cwd=REPO)
-
-
 def hand_ppl(model, tok, docs, window):
     "exp of the token-weighted mean of the model's own loss over each document's windows (bos + text + eos)."
     total = count = 0
@@ -61,8 +57,8 @@ def hand_ppl(model, tok, docs, window):
 
 def test_cli_end_to_end_with_json(ckpt, tok):
     out = ckpt.root / 'results.json'
-    r = run([ckpt.dir, '--data', ckpt.docs, '--task', 'ppl,cloze,facts,format,repetition,mc', '--limit', '3',
-             '--max_new_tokens', '8', '--json', out, '--device', 'cpu'], ckpt.cache)
+    r = run(EVAL, ckpt.dir, '--data', ckpt.docs, '--task', 'ppl,cloze,facts,format,repetition,mc', '--limit', '3',
+             '--max_new_tokens', '8', '--json', out, '--device', 'cpu', cache=ckpt.cache)
     assert r.returncode == 0, r.stderr[-3000:]
     assert '| model | ppl ↓ |' in r.stdout                       # the markdown table is printed
     results = json.loads(out.read_text())
@@ -147,15 +143,15 @@ def test_bad_multiple_choice_answer_is_named(tmp_path, tok):
 
 
 def test_clear_errors(ckpt):
-    r = run([ckpt.root / 'no_such_model'], ckpt.cache)
-    assert r.returncode != 0 and 'no checkpoint folder' in r.stderr and 'Traceback' not in r.stderr
-    r = run([ckpt.dir, '--data', ckpt.root / 'missing.jsonl', '--task', 'mc'], ckpt.cache)
+    r = run(EVAL, ckpt.root / 'no_such_model', cache=ckpt.cache)
+    assert r.returncode != 0 and 'no such folder' in r.stderr and 'Traceback' not in r.stderr
+    r = run(EVAL, ckpt.dir, '--data', ckpt.root / 'missing.jsonl', '--task', 'mc', cache=ckpt.cache)
     assert r.returncode != 0 and 'missing.jsonl: no such file' in r.stderr and 'Traceback' not in r.stderr
     with pytest.raises(ValueError, match='unknown task'): parse_tasks('ppl,speed')
 
 
 def test_help_lists_the_flags():
-    r = run(['--help'], cache_root())
+    r = run(EVAL, '--help', cache=cache_root())
     assert r.returncode == 0
     for flag in ('ckpt_dir', '--data', '--task', '--limit', '--max-new-tokens', '--batch-size', '--json', '--device', '--max-seq-len'):
         assert flag in r.stdout, flag

@@ -11,6 +11,7 @@ transformers = pytest.importorskip('transformers')
 gguf = pytest.importorskip('gguf')
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from helpers import run
 from minimind.config import MiniMindConfig, fixtures_dir
 from minimind.model import MiniMindForCausalLM
 from minimind.tokenizer import load_tokenizer, render_chat
@@ -20,7 +21,7 @@ from minimind.export import (to_hf, from_hf, to_gguf, read_gguf, gguf_forward, u
 transformers.logging.set_verbosity_error()
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
-CLI = REPO / 'tests' / 'dist_scripts' / 'cli.py'
+EXPORT = 'minimind.export:minimind_export'
 TEXT = ['Toma lives in Saltport. The river there is wide and slow, and', '盐港的河很宽。Mira has three cats and a dog']
 
 
@@ -224,34 +225,57 @@ def test_gguf_refuses_what_it_does_not_cover(tmp_path):
     with pytest.raises(ValueError, match='YaRN'): to_gguf(yarn, tmp_path / 'yarn.gguf')
 
 
-def run_cli(*args):
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
-    return subprocess.run([sys.executable, str(CLI), 'minimind.export:minimind_export', *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
-
-
 def test_cli_end_to_end(tmp_path, tok):
-    r = run_cli('--help')
+    r = run(EXPORT, '--help')
     assert r.returncode == 0
     for flag in ('ckpt_dir', '--to', '--out', '--tokenizer', '--dtype', '--no-check'): assert flag in r.stdout, flag
     ckpt = make_model(7).save_pretrained(tmp_path / 'ckpt'); tok.save_pretrained(ckpt)
-    r = run_cli(ckpt, '--to', 'hf', '--out', tmp_path / 'hf')
+    r = run(EXPORT, ckpt, '--to', 'hf', '--out', tmp_path / 'hf')
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'LlamaForCausalLM' in r.stdout and 'check: max |logit difference|' in r.stdout
-    r = run_cli(tmp_path / 'hf', '--to', 'minimind', '--out', tmp_path / 'back')
+    r = run(EXPORT, tmp_path / 'hf', '--to', 'minimind', '--out', tmp_path / 'back')
     assert r.returncode == 0, r.stderr[-3000:]
     back, original = MiniMindForCausalLM.from_pretrained(tmp_path / 'back'), MiniMindForCausalLM.from_pretrained(ckpt)
     assert all(torch.equal(v, back.state_dict()[k]) for k, v in original.state_dict().items())
     assert load_tokenizer(tmp_path / 'back').vocab_size == tok.vocab_size
     moe = make_model(8, moe=True).save_pretrained(tmp_path / 'moe')
-    r = run_cli(moe, '--to', 'gguf', '--out', tmp_path / 'moe.gguf', '--no_check')
+    r = run(EXPORT, moe, '--to', 'gguf', '--out', tmp_path / 'moe.gguf', '--no_check')
     assert r.returncode != 0 and 'dense models only' in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
     # the other user errors, in process (each subprocess costs seconds of imports): CliError becomes the message
     from fastcore.script import CliError
     from minimind.export import export_cli
-    with pytest.raises(CliError, match='no config.json'): export_cli(str(tmp_path / 'nowhere'), to='hf')
+    with pytest.raises(CliError, match='nowhere: no such folder'): export_cli(str(tmp_path / 'nowhere'), to='hf')
     with pytest.raises(CliError, match='choose hf, gguf or minimind'): export_cli(str(ckpt), to='onnx')
     with pytest.raises(CliError, match='use float32 or float16'): export_cli(str(ckpt), to='gguf', dtype='bfloat16')
+
+
+def test_an_existing_export_is_kept_unless_forced(tmp_path, tok):
+    "A second export to the same GGUF file or into a non-empty folder is refused (exit != 0, nothing changed); --force replaces it whole."
+    ckpt = make_model(7).save_pretrained(tmp_path / 'ckpt'); tok.save_pretrained(ckpt)
+    gguf_path, hf_dir = tmp_path / 'm.gguf', tmp_path / 'hf'
+    assert run(EXPORT, ckpt, '--to', 'gguf', '--out', gguf_path, '--no_check').returncode == 0
+    before = gguf_path.read_bytes()
+    r = run(EXPORT, ckpt, '--to', 'gguf', '--out', gguf_path, '--no_check')
+    assert r.returncode != 0 and 'already exists' in r.stderr and '--force' in r.stderr and 'Traceback' not in r.stderr
+    assert gguf_path.read_bytes() == before
+    hf_dir.mkdir(); (hf_dir / 'notes.txt').write_text('mine')
+    r = run(EXPORT, ckpt, '--to', 'hf', '--out', hf_dir, '--no_check')
+    assert r.returncode != 0 and 'already exists' in r.stderr
+    assert sorted(p.name for p in hf_dir.iterdir()) == ['notes.txt']
+    r = run(EXPORT, ckpt, '--to', 'hf', '--out', hf_dir, '--no_check', '--force')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (hf_dir / 'model.safetensors').is_file() and not (hf_dir / 'notes.txt').exists()   # replaced as a whole
+    assert [p.name for p in tmp_path.iterdir() if '.tmp' in p.name] == []                      # no temporary left beside it
+
+
+def test_an_export_cut_short_leaves_no_partial_file(tmp_path, tok, monkeypatch):
+    "A failure while writing (a full disk, a kill) leaves neither the target nor a temporary file behind."
+    import minimind.export as export
+    model = make_model(7)
+    def full_disk(*args, **kwargs): raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(export, 'save_hf_tokenizer', full_disk)          # fails after the weights were written
+    with pytest.raises(OSError, match='No space left'): export.to_hf(model, tmp_path / 'hf', tok)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_import_works_without_the_optional_packages():

@@ -1,23 +1,16 @@
 """`minimind_lora` end to end (chapter 12): a tiny run that saves only the adapter, resume, --help, --merge_out,
 clear errors; LoRA on an MoE model; and the same outputs as the `peft` library's LoRA on the same weights."""
-import json, os, subprocess, sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import run
+from minimind.trainer import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = REPO / 'tests' / 'dist_scripts' / 'cli.py'
+LORA = 'minimind.lora:minimind_lora'
 TINY = ['--steps', '4', '--batch_size', '4', '--max_seq_len', '96', '--save_every', '2', '--eval_every', '2',
         '--log_every', '1', '--lr', '5e-3']
-
-
-def run(args, cache=None, timeout=300):
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
-    if cache: env['MINIMIND_CACHE'] = str(cache)  # token shards of the test data stay in the test's folder
-    for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'): env.pop(k, None)
-    return subprocess.run([sys.executable, str(CLI), 'minimind.lora:minimind_lora', *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
 
 
 def tiny_config(**overrides):
@@ -46,12 +39,8 @@ def data(tmp_path_factory):
     return path
 
 
-def metrics(out):
-    return [json.loads(l) for l in (Path(out) / 'metrics.jsonl').read_text().splitlines() if l.strip()]
-
-
 def test_help_lists_every_flag():
-    r = run(['--help'])
+    r = run(LORA, '--help')
     assert r.returncode == 0
     for flag in ('--init', '--data', '--out', '--rank', '--alpha', '--dropout', '--targets', '--merge-out', '--steps',
                  '--epochs', '--batch-size', '--accum', '--lr', '--max-seq-len', '--dtype', '--resume', '--deepspeed',
@@ -63,11 +52,11 @@ def test_tiny_run_saves_only_the_adapter_resumes_and_merges(tmp_path, base, data
     from minimind.model import MiniMindForCausalLM
     from minimind.lora import load_adapter, read_adapter_config, lora_modules
     out, merged = tmp_path / 'out', tmp_path / 'merged'
-    r = run(['--init', base, '--data', data, '--out', out, '--rank', '4', '--alpha', '8', '--targets', 'q,v,down', *TINY],
+    r = run(LORA, '--init', base, '--data', data, '--out', out, '--rank', '4', '--alpha', '8', '--targets', 'q,v,down', *TINY,
             cache=tmp_path / 'cache')
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'done: step 4/4' in r.stdout
-    assert [m['step'] for m in metrics(out) if 'loss' in m] == [1, 2, 3, 4]
+    assert [m['step'] for m in read_metrics(out) if 'loss' in m] == [1, 2, 3, 4]
     ckpt = out / 'step-0000004'
     assert sorted(f.name for f in ckpt.glob('*.safetensors')) == ['adapter_model.safetensors']  # no base weights
     assert not (out / 'model.safetensors').exists()
@@ -83,17 +72,17 @@ def test_tiny_run_saves_only_the_adapter_resumes_and_merges(tmp_path, base, data
     assert len(lora_modules(adapted)) == 2 * 3
     with torch.no_grad(): assert not torch.allclose(plain(ids).logits, adapted(ids).logits)
     # continue the same run to 6 steps, and write the merged model at the end
-    r = run(['--init', base, '--data', data, '--out', out, '--rank', '4', '--alpha', '8', '--targets', 'q,v,down',
-             *TINY[2:], '--steps', '6', '--resume', '--merge_out', merged], cache=tmp_path / 'cache')
+    r = run(LORA, '--init', base, '--data', data, '--out', out, '--rank', '4', '--alpha', '8', '--targets', 'q,v,down',
+             *TINY[2:], '--steps', '6', '--resume', '--merge_out', merged, cache=tmp_path / 'cache')
     assert r.returncode == 0, r.stderr[-3000:]
-    assert [m['step'] for m in metrics(out) if 'loss' in m] == list(range(1, 7))
+    assert [m['step'] for m in read_metrics(out) if 'loss' in m] == list(range(1, 7))
     assert (out / 'latest').read_text().strip() == 'step-0000006'
     adapted = load_adapter(MiniMindForCausalLM.from_pretrained(base), out).eval()
     with torch.no_grad():
         diff = (MiniMindForCausalLM.from_pretrained(merged)(ids).logits - adapted(ids).logits).abs().max().item()
     assert diff <= 1e-5
     # resuming with another rank is refused with a message, not a traceback
-    r = run(['--init', base, '--data', data, '--out', out, '--rank', '8', *TINY[2:], '--steps', '8', '--resume'],
+    r = run(LORA, '--init', base, '--data', data, '--out', out, '--rank', '8', *TINY[2:], '--steps', '8', '--resume',
             cache=tmp_path / 'cache')
     assert r.returncode != 0 and 'rank-4 adapter' in r.stderr and 'Traceback' not in r.stderr
 
@@ -101,7 +90,7 @@ def test_tiny_run_saves_only_the_adapter_resumes_and_merges(tmp_path, base, data
 def test_missing_init_is_a_clear_error(tmp_path):
     from fastcore.script import CliError
     from minimind.lora import lora_cli
-    with pytest.raises(CliError, match='nope: no model there'):
+    with pytest.raises(CliError, match='nope: no such folder; train one with .minimind_sft'):
         lora_cli(init=str(tmp_path / 'nope'), out=str(tmp_path / 'out'))
 
 

@@ -1,26 +1,12 @@
 """Every post-training command (chapters 11-15) under `torchrun --nproc_per_node 2` (DDP, gloo on CPU): it trains,
 both ranks consume their own shard of the data (the checkpoint's position counts both), and only rank 0 writes the
 model. The single-process runs and their resume are tested in each stage's own test file."""
-import json, os, subprocess, sys
-from pathlib import Path
+import json
 
 import pytest
 import torch
 
-from helpers import free_port, save_fresh_tiny
-
-REPO = Path(__file__).resolve().parents[1]
-CLI = REPO / 'tests' / 'dist_scripts' / 'cli.py'
-BIN = Path(sys.executable).parent
-
-
-def torchrun(module_func, args, cache, timeout=300):
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1', MINIMIND_CACHE=str(cache))
-    for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'): env.pop(k, None)
-    launcher = [str(BIN / 'torchrun'), '--nnodes', '1', '--nproc_per_node', '2', '--rdzv_backend', 'c10d',
-                '--rdzv_endpoint', f'127.0.0.1:{free_port()}']
-    return subprocess.run([*launcher, str(CLI), module_func, *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=REPO)
+from helpers import run, save_fresh_tiny, torchrun_launcher
 
 
 @pytest.fixture(scope='module')
@@ -46,7 +32,7 @@ STAGES = {  # stage: (console script, its flags beyond --init/--out, the file th
     'distill': ('minimind.distill:minimind_distill', lambda f: ['--data', f['sft'], *SEQ, '--teacher', f['init']], 'model.safetensors'),
     'reason': ('minimind.reason:minimind_reason', lambda f: ['--data', f['reason'], *SEQ], 'model.safetensors'),
     # a fresh model earns no reward, so every advantage is 0 and so is the gradient: weight decay shows the step was taken
-    'grpo': ('minimind.reason:minimind_grpo', lambda f: ['--data', f['rl'], '--num_generations', '2', '--max_new_tokens', '8',
+    'grpo': ('minimind.grpo:minimind_grpo', lambda f: ['--data', f['rl'], '--num_generations', '2', '--max_new_tokens', '8',
                                                         '--lr', '1e-3', '--weight_decay', '0.1'], 'model.safetensors'),
 }
 
@@ -55,7 +41,8 @@ STAGES = {  # stage: (console script, its flags beyond --init/--out, the file th
 def test_two_processes(stage, files, tmp_path):
     script, flags, saved = STAGES[stage]
     out = tmp_path / stage
-    r = torchrun(script, ['--init', files['init'], '--out', out, *COMMON, *flags(files)], cache=files['root'] / 'cache')
+    r = run(script, '--init', files['init'], '--out', out, *COMMON, *flags(files), launcher=torchrun_launcher(2),
+            cache=files['root'] / 'cache')
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert f'done: step {STEPS}/{STEPS}' in r.stdout, r.stdout[-2000:]
     assert r.stdout.count('done: step') == 1                         # only rank 0 reports...

@@ -1,27 +1,17 @@
 """`minimind_pretrain` end to end (chapter 10): a tiny run, resume, --help, a bad data line, torchrun and the
 deepspeed launcher on 2 CPU processes, TensorBoard and wandb logging."""
-import json, os, subprocess, sys
+import json
 from pathlib import Path
 
 import pytest
 
-from helpers import free_port
+from helpers import BIN, run, free_port, torchrun_launcher
+from minimind.trainer import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = REPO / 'tests' / 'dist_scripts' / 'cli.py'
-BIN = Path(sys.executable).parent
+PRETRAIN = 'minimind.pretrain:minimind_pretrain'
 TINY = ['--steps', '4', '--batch_size', '4', '--max_seq_len', '64', '--save_every', '2', '--eval_every', '2',
         '--log_every', '1', '--lr', '3e-3']
-
-
-def run(args, launcher=(), timeout=300, cache=None):
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
-    if cache: env['MINIMIND_CACHE'] = str(cache)  # token shards of the test data stay in the test's folder
-    for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'): env.pop(k, None)
-    prog = [str(CLI), 'minimind.pretrain:minimind_pretrain']
-    if not launcher: prog = [sys.executable, *prog]
-    return subprocess.run([*launcher, *prog, *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=REPO)
 
 
 @pytest.fixture(scope='module')
@@ -34,12 +24,8 @@ def data(tmp_path_factory):
     return path
 
 
-def metrics(out):
-    return [json.loads(l) for l in (Path(out) / 'metrics.jsonl').read_text().splitlines() if l.strip()]
-
-
 def test_help_lists_every_flag():
-    r = run(['--help'])
+    r = run(PRETRAIN, '--help')
     assert r.returncode == 0
     for flag in ('--preset', '--data', '--out', '--steps', '--epochs', '--batch-size', '--accum', '--lr', '--max-seq-len',
                  '--dtype', '--compile', '--resume', '--deepspeed', '--wandb', '--tensorboard', '--tokenizer'):
@@ -48,10 +34,10 @@ def test_help_lists_every_flag():
 
 def test_tiny_run_writes_a_loadable_model_and_resumes(tmp_path, data):
     out = tmp_path / 'out'
-    r = run(['--data', data, '--out', out, *TINY], cache=tmp_path / 'cache')
+    r = run(PRETRAIN, '--data', data, '--out', out, *TINY, cache=tmp_path / 'cache')
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'done: step 4/4' in r.stdout
-    recs = metrics(out)
+    recs = read_metrics(out)
     assert [m['step'] for m in recs if 'loss' in m] == [1, 2, 3, 4]
     assert any('val_loss' in m for m in recs)
     from minimind.model import MiniMindForCausalLM
@@ -61,9 +47,9 @@ def test_tiny_run_writes_a_loadable_model_and_resumes(tmp_path, data):
     assert load_tokenizer(out).vocab_size == model.config.vocab_size  # the tokenizer is saved beside it
     assert (out / 'latest').read_text().strip() == 'step-0000004'
     # continue the same run to 8 steps
-    r = run(['--data', data, '--out', out, *TINY[2:], '--steps', '8', '--resume'], cache=tmp_path / 'cache')
+    r = run(PRETRAIN, '--data', data, '--out', out, *TINY[2:], '--steps', '8', '--resume', cache=tmp_path / 'cache')
     assert r.returncode == 0, r.stderr[-3000:]
-    assert [m['step'] for m in metrics(out) if 'loss' in m] == list(range(1, 9))
+    assert [m['step'] for m in read_metrics(out) if 'loss' in m] == list(range(1, 9))
 
 
 def test_bad_line_reported_with_its_line_number(tmp_path, data):
@@ -71,24 +57,25 @@ def test_bad_line_reported_with_its_line_number(tmp_path, data):
     lines = data.read_text().splitlines(keepends=True)[:20]
     lines[6] = '{"text": "an unfinished line\n'  # line 7 is not JSON
     bad.write_text(''.join(lines))
-    r = run(['--data', bad, '--out', tmp_path / 'out', *TINY], cache=tmp_path / 'cache')
+    r = run(PRETRAIN, '--data', bad, '--out', tmp_path / 'out', *TINY, cache=tmp_path / 'cache')
     assert r.returncode != 0
     assert f'{bad}:7' in r.stderr, r.stderr[-2000:]
     assert 'Traceback' not in r.stderr  # a message, not a stack trace
-    r = run(['--data', bad, '--out', tmp_path / 'out2', *TINY, '--skip_bad_lines'], cache=tmp_path / 'cache')
+    r = run(PRETRAIN, '--data', bad, '--out', tmp_path / 'out2', *TINY, '--skip_bad_lines', cache=tmp_path / 'cache')
     assert r.returncode == 0, r.stderr[-3000:]
+    assert 'skipped 1 bad line(s) of' in r.stdout and 'invalid json' in r.stdout, r.stdout[-2000:]  # said at the end, by reason
+    counts = [m for m in read_metrics(tmp_path / 'out2') if 'skipped_lines' in m]
+    assert len(counts) == 1 and sum(counts[0]['skipped_lines'].values()) == 1 and counts[0]['step'] == 4
 
 
 def test_missing_data_file(tmp_path):
-    r = run(['--data', tmp_path / 'nope.jsonl', '--out', tmp_path / 'out', *TINY])
+    r = run(PRETRAIN, '--data', tmp_path / 'nope.jsonl', '--out', tmp_path / 'out', *TINY)
     assert r.returncode != 0 and 'nope.jsonl' in r.stderr and 'Traceback' not in r.stderr
 
 
 def test_torchrun_two_processes(tmp_path, data):
     out = tmp_path / 'out'
-    launcher = [BIN / 'torchrun', '--nnodes', '1', '--nproc_per_node', '2', '--rdzv_backend', 'c10d',
-                '--rdzv_endpoint', f'127.0.0.1:{free_port()}']
-    r = run(['--data', data, '--out', out, *TINY], launcher=launcher, cache=tmp_path / 'cache')
+    r = run(PRETRAIN, '--data', data, '--out', out, *TINY, launcher=torchrun_launcher(2), cache=tmp_path / 'cache')
     assert r.returncode == 0, r.stderr[-3000:]
     state = json.loads((out / 'step-0000004' / 'trainer_state.json').read_text())
     assert state['world_size'] == 2 and state['position'] == 4 * 4 * 2
@@ -98,7 +85,7 @@ def test_deepspeed_launcher(tmp_path, data):
     pytest.importorskip('deepspeed')
     out = tmp_path / 'out'
     launcher = [BIN / 'deepspeed', '--num_gpus', '2', '--master_port', str(free_port())]
-    r = run(['--data', data, '--out', out, *TINY, '--deepspeed', '2'], launcher=launcher, cache=tmp_path / 'cache', timeout=400)
+    r = run(PRETRAIN, '--data', data, '--out', out, *TINY, '--deepspeed', '2', launcher=launcher, cache=tmp_path / 'cache', timeout=400)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     state = json.loads((out / 'step-0000004' / 'trainer_state.json').read_text())
     assert state['world_size'] == 2 and (out / 'step-0000004' / 'deepspeed').is_dir()
@@ -113,12 +100,12 @@ def test_tensorboard_and_wandb_logging(tmp_path, data, monkeypatch):
     monkeypatch.setenv('WANDB_MODE', 'offline')
     monkeypatch.setenv('WANDB_SILENT', 'true')
     out = tmp_path / 'logged'
-    r = run(['--data', data, '--out', out, *TINY, '--tensorboard', '--wandb'], cache=tmp_path / 'cache')
+    r = run(PRETRAIN, '--data', data, '--out', out, *TINY, '--tensorboard', '--wandb', cache=tmp_path / 'cache')
     assert r.returncode == 0, r.stderr[-3000:]
     events = EventAccumulator(str(out / 'tb')).Reload()
     assert 'loss' in events.Tags()['scalars'], events.Tags()
     tb_loss = {e.step: e.value for e in events.Scalars('loss')}
-    jsonl_loss = {m['step']: m['loss'] for m in metrics(out) if 'loss' in m}
+    jsonl_loss = {m['step']: m['loss'] for m in read_metrics(out) if 'loss' in m}
     assert sorted(tb_loss) == sorted(jsonl_loss) == [1, 2, 3, 4]
     assert all(abs(tb_loss[s] - jsonl_loss[s]) < 1e-5 for s in tb_loss)
     runs = list((out / 'wandb').glob('offline-run-*/run-*.wandb'))

@@ -1,23 +1,16 @@
 """`minimind_sft` end to end (chapter 11): a tiny run from a saved model, exact resume, --help, a missing --init,
 a bad data line, and a MiniMind-format file with long conversations (--max_seq_len 512)."""
-import json, os, shutil, subprocess, sys
+import json, shutil
 from pathlib import Path
 
 import pytest
 
-from helpers import save_fresh_tiny
+from helpers import run, save_fresh_tiny
+from minimind.trainer import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = REPO / 'tests' / 'dist_scripts' / 'cli.py'
+SFT = 'minimind.sft:minimind_sft'
 TINY = ['--batch_size', '4', '--max_seq_len', '128', '--eval_every', '4', '--log_every', '1', '--lr', '3e-3']
-
-
-def run(args, cache=None, timeout=300):
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
-    if cache: env['MINIMIND_CACHE'] = str(cache)  # token shards of the test data stay in the test's folder
-    for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'): env.pop(k, None)
-    return subprocess.run([sys.executable, str(CLI), 'minimind.sft:minimind_sft', *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=timeout, cwd=REPO)
 
 
 @pytest.fixture(scope='module')
@@ -35,17 +28,13 @@ def init(tmp_path_factory):
     return save_fresh_tiny(tmp_path_factory.mktemp('init'), with_tokenizer=False)
 
 
-def metrics(out):
-    return [json.loads(l) for l in (Path(out) / 'metrics.jsonl').read_text().splitlines() if l.strip()]
-
-
 def weights(folder):
     from safetensors.torch import load_file
     return load_file(str(Path(folder) / 'model.safetensors'))
 
 
 def test_help_lists_every_flag():
-    r = run(['--help'])
+    r = run(SFT, '--help')
     assert r.returncode == 0
     for flag in ('--init', '--data', '--out', '--steps', '--epochs', '--batch-size', '--accum', '--lr', '--max-seq-len',
                  '--dtype', '--compile', '--resume', '--deepspeed', '--tokenizer', '--skip-bad-lines'):
@@ -55,10 +44,10 @@ def test_help_lists_every_flag():
 def test_tiny_run_and_exact_resume(tmp_path, data, init):
     "8 steps straight; then the same run resumed from its step-4 checkpoint ends with the same weights, bit for bit."
     straight = tmp_path / 'straight'
-    r = run(['--init', init, '--data', data, '--out', straight, '--steps', '8', '--save_every', '4', *TINY], cache=tmp_path / 'cache')
+    r = run(SFT, '--init', init, '--data', data, '--out', straight, '--steps', '8', '--save_every', '4', *TINY, cache=tmp_path / 'cache')
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'done: step 8/8' in r.stdout
-    recs = metrics(straight)
+    recs = read_metrics(straight)
     assert [m['step'] for m in recs if 'loss' in m] == list(range(1, 9))
     assert any('val_loss' in m for m in recs)
     from minimind.model import MiniMindForCausalLM
@@ -70,7 +59,7 @@ def test_tiny_run_and_exact_resume(tmp_path, data, init):
     resumed = tmp_path / 'resumed'
     shutil.copytree(straight, resumed)
     shutil.rmtree(resumed / 'step-0000008'); (resumed / 'latest').write_text('step-0000004\n')
-    r = run(['--init', init, '--data', data, '--out', resumed, '--steps', '8', '--save_every', '4', *TINY, '--resume'],
+    r = run(SFT, '--init', init, '--data', data, '--out', resumed, '--steps', '8', '--save_every', '4', *TINY, '--resume',
             cache=tmp_path / 'cache')
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'done: step 8/8' in r.stdout
@@ -79,7 +68,7 @@ def test_tiny_run_and_exact_resume(tmp_path, data, init):
 
 
 def test_missing_init_is_a_clear_error(tmp_path, data):
-    r = run(['--init', tmp_path / 'no_model', '--data', data, '--out', tmp_path / 'out', '--steps', '2'])
+    r = run(SFT, '--init', tmp_path / 'no_model', '--data', data, '--out', tmp_path / 'out', '--steps', '2')
     assert r.returncode != 0
     assert 'no_model' in r.stderr and 'minimind_pretrain' in r.stderr and 'Traceback' not in r.stderr
 
@@ -89,10 +78,18 @@ def test_bad_line_reported_with_its_line_number(tmp_path, data, init):
     lines = data.read_text().splitlines(keepends=True)[:20]
     lines[4] = '{"conversations": [{"role": "user", "content": "hi"}]}\n'  # line 5 has no assistant reply
     bad.write_text(''.join(lines))
-    r = run(['--init', init, '--data', bad, '--out', tmp_path / 'out', '--steps', '2', *TINY], cache=tmp_path / 'cache')
+    r = run(SFT, '--init', init, '--data', bad, '--out', tmp_path / 'out', '--steps', '2', *TINY, cache=tmp_path / 'cache')
     assert r.returncode != 0
     assert f'{bad}:5' in r.stderr, r.stderr[-2000:]
     assert 'Traceback' not in r.stderr
+
+
+def test_an_empty_file_says_it_has_no_records(tmp_path, init):
+    (tmp_path / 'empty.jsonl').write_text('\n')
+    r = run(SFT, '--init', init, '--data', tmp_path / 'empty.jsonl', '--out', tmp_path / 'out', '--steps', '2', *TINY,
+            cache=tmp_path / 'cache')
+    assert r.returncode != 0 and 'empty.jsonl: no conversation in the file' in r.stderr, r.stderr[-2000:]
+    assert '--max_seq_len' not in r.stderr and 'Traceback' not in r.stderr
 
 
 def test_minimind_format_with_long_conversations(tmp_path, init):
@@ -109,10 +106,10 @@ def test_minimind_format_with_long_conversations(tmp_path, init):
     lengths = [len(tok.apply_chat_template(r['conversations'], tokenize=True)) for r in rows]
     assert all(256 < n <= 512 for n in lengths), lengths  # the point of the test: longer than the default window
     args = ['--init', init, '--data', path, '--steps', '2', '--batch_size', '4', '--val_fraction', '0.1', '--log_every', '1']
-    r = run([*args, '--out', tmp_path / 'out512', '--max_seq_len', '512'], cache=tmp_path / 'cache')
+    r = run(SFT, *args, '--out', tmp_path / 'out512', '--max_seq_len', '512', cache=tmp_path / 'cache')
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'on 10 conversations (max 512 tokens, 0 without a reply in the window dropped)' in r.stdout, r.stdout
     assert 'done: step 2/2' in r.stdout
     # with the default 256 every reply lies beyond the window: nothing left to train on, and the error says so
-    r = run([*args, '--out', tmp_path / 'out256'], cache=tmp_path / 'cache')
+    r = run(SFT, *args, '--out', tmp_path / 'out256', cache=tmp_path / 'cache')
     assert r.returncode != 0 and 'Traceback' not in r.stderr
