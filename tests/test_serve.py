@@ -1,4 +1,4 @@
-"""`minimind_serve` (chapter 16) on loopback: the official openai client (streaming and not), raw HTTP for the error
+"""`minimind_serve` (chapter 16a) on loopback: the official openai client (streaming and not), raw HTTP for the error
 cases, the bearer token, stop sequences, reasoning_content, concurrent streams, and a disconnect freeing its slot."""
 import json, os, subprocess, sys, threading, time
 from pathlib import Path
@@ -14,7 +14,7 @@ from minimind.config import MiniMindConfig
 from minimind.model import CausalLMOutput, MiniMindForCausalLM
 from minimind.tokenizer import load_tokenizer
 from minimind.config import run_cli
-from minimind.chat import BackgroundServer, create_app, serve_cli
+from minimind.serve import BackgroundServer, create_app, serve_cli
 from helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def server(tmp_path_factory):
     tiny_model().save_pretrained(folder)
     port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
-    proc = subprocess.Popen([sys.executable, str(CLI), 'minimind.chat:minimind_serve', str(folder), '--port', str(port),
+    proc = subprocess.Popen([sys.executable, str(CLI), 'minimind.serve:minimind_serve', str(folder), '--port', str(port),
                              '--api-key', KEY, '--max_request_bytes', '200000', '--max_tokens_limit', '512'],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
     url = f'http://127.0.0.1:{port}'
@@ -59,7 +59,7 @@ def server(tmp_path_factory):
 def test_help_lists_the_flags(capsys):
     with pytest.raises(SystemExit) as exit: run_cli(serve_cli, ['--help'])
     shown = capsys.readouterr().out
-    assert exit.value.code == 0 and all(f in shown for f in ('ckpt_dir', '--host', '--port', '--api-key', '--lora', '--max-concurrent'))
+    assert exit.value.code == 0 and all(f in shown for f in ('checkpoint folder', '--host', '--port', '--api-key', '--lora', '--max-concurrent'))
     assert '127.0.0.1' in shown and '8998' in shown
 
 
