@@ -1,4 +1,4 @@
-"""Talk to a checkpoint: streamed replies in the terminal and in JupyterLab, and an OpenAI-compatible HTTP server.
+"""Talk to a checkpoint: streamed replies in the terminal and in JupyterLab.
 
 Docs: https://minimind-course.github.io/minimind/chat.html.md"""
 
@@ -9,7 +9,7 @@ __all__ = ['StreamDecoder', 'stop_cut', 'ReasoningSplitter', 'split_reasoning', 
            'check_device_flag', 'chat_cli', 'minimind_chat', 'conversation_html', 'ChatWidget']
 
 # %% ../nbs/16_chat.ipynb #a158ca2e
-import html, sys
+import html, sys, time
 from typing import Callable, Iterable, Iterator, Optional
 
 import torch
@@ -94,7 +94,7 @@ class ChatStream:
     def __init__(self, model:MiniMindForCausalLM, tokenizer:MiniMindTokenizer, messages:list,
                  max_new_tokens:int=256, temperature:float=0.7, top_p:float=0.9, top_k:Optional[int]=None,
                  repetition_penalty:float=1.0, enable_thinking:Optional[bool]=None, stop:Iterable[str]=(),
-                 seed:Optional[int]=None, should_stop:Optional[Callable[[], bool]]=None):
+                 seed:Optional[int]=None, should_stop:Optional[Callable[[], bool]]=None, max_time:Optional[float]=None):
         self.model, self.tokenizer = model, tokenizer
         self.prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                         enable_thinking=enable_thinking, tokenize=True)
@@ -104,8 +104,8 @@ class ChatStream:
                              f"exceeds the model's context of {context} tokens: shorten the conversation or the reply")
         self.sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                              top_p=top_p if top_p < 1 else None, repetition_penalty=repetition_penalty)
-        self.stop, self.seed, self.should_stop = [s for s in stop if s], seed, should_stop
-        self.text, self.finish_reason, self.completion_tokens = '', None, 0
+        self.stop, self.seed, self.should_stop, self.max_time = [s for s in stop if s], seed, should_stop, max_time
+        self.text, self.finish_reason, self.completion_tokens, self.timed_out = '', None, 0, False
 
     @property
     def prompt_tokens(self) -> int: return len(self.prompt_ids)
@@ -117,6 +117,7 @@ class ChatStream:
         tokens = self.model.stream_generate(torch.tensor([self.prompt_ids], device=device), eos_token_id=eos,
                                             generator=generator, **self.sampling)   # yields (1,) per step
         decoder, shown, found, self.finish_reason = StreamDecoder(self.tokenizer), 0, False, 'length'
+        deadline = None if self.max_time is None else time.monotonic() + self.max_time   # the prompt's forward pass counts too
         try:
             for token in tokens:
                 self.completion_tokens += 1
@@ -126,6 +127,7 @@ class ChatStream:
                 if cut > shown: piece, shown = decoder.text[shown:cut], cut; yield piece
                 if found: self.finish_reason = 'stop'; break
                 if self.should_stop is not None and self.should_stop(): self.finish_reason = 'cancelled'; break
+                if deadline is not None and time.monotonic() >= deadline: self.timed_out = True; break   # ends like max_new_tokens: 'length'
             if not found and self.finish_reason != 'cancelled':
                 # the reply is over: a tail held back as a possible stop string is plain text after all
                 rest = self.tokenizer.decode(decoder.ids, skip_special_tokens=True)[shown:]

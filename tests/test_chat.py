@@ -106,3 +106,11 @@ def test_minimind2_transformers_folder_loads_and_chats(tmp_path):
     prompt = torch.tensor([stream.prompt_ids])
     direct = model.generate(prompt, max_new_tokens=10, temperature=0, eos_token_id=2)[0, prompt.shape[1]:]
     assert text == tok.decode([t for t in direct.tolist() if t != 2], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize('flag,value', [('--temperature', '-1'), ('--top-p', '0'), ('--top-p', '1.5'), ('--top-k', '0'),
+                                        ('--repetition-penalty', '0'), ('--max-new-tokens', '0'), ('--device', 'quantum')])
+def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as exit: run_cli(chat_cli, [str(tmp_path / 'missing'), flag, value])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.count('\n') == 1 and flag in err, (exit.value.code, err)
