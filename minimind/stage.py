@@ -10,22 +10,22 @@ __all__ = ['CHECKPOINT_HINT', 'NOT_FLAGS', 'SHARED_FLAGS', 'checkpoint_tokenizer
            'StageCommand', 'course_run', 'recipe_id', 'recipe_config']
 
 # %% ../nbs/09a_stage.ipynb #c19b7bcf
-import fcntl, hashlib, inspect, json, os, shutil, time
+import fcntl, hashlib, json, os, shutil, time
 from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Optional, Union
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 from fastcore.docments import docments
 from fastcore.script import CliError
 
-from .config import Flag, FlagError, MiniMindConfig, count_parameters, check_flag, function_flags, command_parser
+from .config import Flag, FlagError, count_parameters, check_flag, function_flags
 from .corpus import DataError, cache_root, CORPUS_VERSION, default_corpus
 from .tokenizer import MiniMindTokenizer, load_tokenizer
 from .model import MiniMindForCausalLM
 from .datasets import tokenize_to_shards
-from .trainer import Trainer, TrainConfig, init_distributed, default_loss, read_metrics, NonFiniteLossError
+from .trainer import Trainer, TrainConfig, init_distributed, default_loss, NonFiniteLossError
 
 # %% ../nbs/09a_stage.ipynb #23582b2b
 def checkpoint_tokenizer(folder=None, tokenizer=None) -> MiniMindTokenizer:

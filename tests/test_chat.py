@@ -9,7 +9,8 @@ import torch
 from fastcore.script import CliError
 from minimind.config import MiniMindConfig, fixtures_dir, run_cli
 from minimind.model import MiniMindForCausalLM
-from minimind.chat import ChatStream, chat_cli, load_chat_model, split_reasoning
+from minimind.chat import ChatStream, chat_cli, split_reasoning
+from minimind.stage import load_checkpoint_folder
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / 'tests' / 'dist_scripts' / 'cli.py'
@@ -40,14 +41,14 @@ def test_help_lists_the_flags(capsys):
     with pytest.raises(SystemExit) as exit: run_cli(chat_cli, ['--help'])
     assert exit.value.code == 0
     shown = capsys.readouterr().out
-    for flag in ('ckpt_dir', '--lora', '--temperature', '--top-p', '--max-new-tokens', '--system', '--think', '--no-think'):
+    for flag in ('checkpoint folder', '--lora', '--temperature', '--top-p', '--max-new-tokens', '--system', '--think', '--no-think'):
         assert flag in shown, flag
 
 
 def test_terminal_chat_streams_keeps_history_and_resets(tiny):
     r = chat([tiny, '--temperature', '0', '--max_new_tokens', '8'], 'Hello!\nAnd then?\n/reset\nHello!\n')
     assert r.returncode == 0, r.stderr[-2000:]
-    model, tok = load_chat_model(tiny)
+    model, tok = load_checkpoint_folder(tiny)
     first = reply(model, tok, [{'role': 'user', 'content': 'Hello!'}])
     second = reply(model, tok, [{'role': 'user', 'content': 'Hello!'}, {'role': 'assistant', 'content': split_reasoning(first)[1]},
                                 {'role': 'user', 'content': 'And then?'}])
@@ -64,8 +65,8 @@ def test_lora_adapter_changes_the_replies(tiny, tmp_path):
         for name, p in adapted.named_parameters():
             if 'lora_B' in name: p.normal_(0, 0.5)  # a freshly initialised B is zero: make the adapter do something
     save_adapter(adapted, tmp_path / 'adapter', base=str(tiny))
-    model, tok = load_chat_model(tiny, lora=tmp_path / 'adapter')
-    base, base_tok = load_chat_model(tiny)
+    model, tok = load_checkpoint_folder(tiny, lora=tmp_path / 'adapter')
+    base, base_tok = load_checkpoint_folder(tiny)
     hello = [{'role': 'user', 'content': 'Hello!'}]
     assert reply(model, tok, hello) != reply(base, base_tok, hello)
     r = chat([tiny, '--lora', tmp_path / 'adapter', '--temperature', '0', '--max_new_tokens', '8'], 'Hello!\n')
@@ -74,12 +75,13 @@ def test_lora_adapter_changes_the_replies(tiny, tmp_path):
 
 
 def test_bad_folder_or_flags_give_a_message(tmp_path):
-    with pytest.raises(CliError, match='no config.json'): chat_cli(str(tmp_path / 'missing'))
+    with pytest.raises(CliError, match='no such folder'): chat_cli(str(tmp_path / 'missing'))
+    with pytest.raises(CliError, match='no model there'): chat_cli(str(tmp_path))
     with pytest.raises(CliError, match='not both'): chat_cli(str(tmp_path), think=True, no_think=True)
 
 
 def test_think_flags_set_the_template(tiny):
-    model, tok = load_chat_model(tiny)
+    model, tok = load_checkpoint_folder(tiny)
     hello = [{'role': 'user', 'content': 'Hi'}]
     no_think = tok.decode(ChatStream(model, tok, hello, enable_thinking=False).prompt_ids)
     assert no_think.endswith('<|im_start|>assistant\n<think>\n\n</think>\n\n')
@@ -97,10 +99,18 @@ def test_minimind2_transformers_folder_loads_and_chats(tmp_path):
     (folder / 'config.json').write_text(json.dumps(config))
     shutil.copy(ref / 'dense_tiny.weights.safetensors', folder / 'model.safetensors')
     for name in ('tokenizer.json', 'tokenizer_config.json'): shutil.copy(ref / name, folder / name)
-    model, tok = load_chat_model(folder)
+    model, tok = load_checkpoint_folder(folder)
     assert model.config.hidden_size == 64 and tok.chat_template == json.loads((ref / 'tokenizer_config.json').read_text())['chat_template']
     stream = ChatStream(model, tok, [{'role': 'user', 'content': '你好'}], 10, temperature=0)
     text = ''.join(stream)
     prompt = torch.tensor([stream.prompt_ids])
     direct = model.generate(prompt, max_new_tokens=10, temperature=0, eos_token_id=2)[0, prompt.shape[1]:]
     assert text == tok.decode([t for t in direct.tolist() if t != 2], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize('flag,value', [('--temperature', '-1'), ('--top-p', '0'), ('--top-p', '1.5'), ('--top-k', '0'),
+                                        ('--repetition-penalty', '0'), ('--max-new-tokens', '0'), ('--device', 'quantum')])
+def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as exit: run_cli(chat_cli, [str(tmp_path / 'missing'), flag, value])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.count('\n') == 1 and flag in err, (exit.value.code, err)
