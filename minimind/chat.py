@@ -6,7 +6,7 @@ Docs: https://minimind-course.github.io/minimind/chat.html.md"""
 
 # %% auto #0
 __all__ = ['StreamDecoder', 'stop_cut', 'ReasoningSplitter', 'split_reasoning', 'ChatStream', 'fit_history', 'chat_loop',
-           'check_device_flag', 'chat_cli', 'minimind_chat', 'conversation_html', 'ChatWidget']
+           'chat_cli', 'minimind_chat', 'conversation_html', 'ChatWidget']
 
 # %% ../nbs/16_chat.ipynb #a158ca2e
 import html, sys, time
@@ -171,14 +171,6 @@ def chat_loop(model:MiniMindForCausalLM, tokenizer:MiniMindTokenizer, lines:Iter
         out.write(prompt); out.flush()
     return messages
 
-# %% ../nbs/16_chat.ipynb #29d30acd
-def check_device_flag(device:Optional[str]) -> torch.device:
-    "The `torch.device` that `--device` names (None or 'auto': the GPU when there is one), or a `FlagError` when there is no such device here."
-    try: resolved = resolve_device(device)
-    except RuntimeError as e: raise FlagError(f"--device {device}: {e}") from None
-    if resolved.type == 'cuda' and not torch.cuda.is_available(): raise FlagError(f"--device {device}: no CUDA GPU is available here")
-    return resolved
-
 # %% ../nbs/16_chat.ipynb #34405143
 def chat_cli(
     ckpt_dir:str,  # checkpoint folder (config.json + weights, tokenizer optional), e.g. out/sft or a MiniMind2 folder
@@ -199,7 +191,7 @@ def chat_cli(
     check_flag('temperature', temperature, low=0); check_flag('top_p', top_p, low=0, low_open=True, high=1)
     check_flag('top_k', top_k, low=1); check_flag('repetition_penalty', repetition_penalty, low=0, low_open=True)
     check_flag('max_new_tokens', max_new_tokens, low=1)
-    device = check_device_flag(device)
+    device = resolve_device(device)
     try: model, tokenizer = load_checkpoint_folder(ckpt_dir, lora=lora, device=device)
     except (FileNotFoundError, ValueError, ImportError) as e: raise CliError(f"minimind_chat: {e}") from None
     if seed is not None: torch.manual_seed(seed)

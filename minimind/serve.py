@@ -21,8 +21,8 @@ from .config import check_flag, run_cli
 from .corpus import ROLES
 from .tokenizer import MiniMindTokenizer
 from .model import MiniMindForCausalLM
-from .stage import load_checkpoint_folder
-from .chat import ChatStream, ReasoningSplitter, check_device_flag, split_reasoning
+from .stage import load_checkpoint_folder, resolve_device
+from .chat import ChatStream, ReasoningSplitter, split_reasoning
 
 # %% ../nbs/16a_serve.ipynb #cd6623d4
 class ChatRequestError(ValueError):
@@ -390,7 +390,7 @@ def serve_cli(
     check_flag('port', port, low=1, high=65535); check_flag('max_concurrent', max_concurrent, low=1)
     check_flag('max_tokens_limit', max_tokens_limit, low=1); check_flag('max_request_bytes', max_request_bytes, low=1)
     check_flag('request_timeout', request_timeout, low=0, low_open=True); check_flag('threads', threads, low=1)
-    device = check_device_flag(device)
+    device = resolve_device(device)
     try:
         import uvicorn
         model, tokenizer = load_checkpoint_folder(ckpt_dir, lora=lora, device=device)
