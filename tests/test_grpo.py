@@ -65,3 +65,15 @@ def test_grpo_on_the_one_digit_prompts(tmp_path, reasoning_files):
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'on 708 prompts' in r.stdout, r.stdout  # 118 problems x 2 languages x 3 wordings
     assert [m['step'] for m in read_metrics(out)] == [1]
+
+
+def test_grpo_keeps_the_moe_balancing_loss(tmp_path, reasoning_files):
+    "An MoE policy trained by GRPO gets the load-balancing loss like every stage (the Trainer adds it): it is logged and in the loss."
+    from helpers import save_fresh_tiny
+    init = save_fresh_tiny(tmp_path / 'moe', preset='tiny-moe')
+    out = tmp_path / 'grpo'
+    r = run(GRPO, '--init', init, '--data', reasoning_files['rl'], '--out', out, '--steps', '2', '--batch_size', '2',
+            '--num_generations', '2', '--max_new_tokens', '4', '--log_every', '1')
+    assert r.returncode == 0, r.stderr[-3000:]
+    steps = [m for m in read_metrics(out) if 'loss' in m]
+    assert len(steps) == 2 and all(m['aux'] > 0 for m in steps), steps
