@@ -7,15 +7,15 @@ Docs: https://minimind-course.github.io/minimind/datasets.html.md"""
 # %% auto #0
 __all__ = ['LABEL', 'TAG', 'LAYOUTS', 'FORMAT_VERSION', 'TokenStore', 'tokenizer_fingerprint', 'default_cache_dir', 'shard_name',
            'assistant_header', 'render_with_spans', 'overlaps_spans', 'tokenize_to_shards', 'padding_waste',
-           'split_documents', 'PackedDataset', 'SFTDataset', 'pad_sequences', 'collate_sft', 'labels_html', 'mask_runs',
-           'label_runs', 'DPODataset', 'collate_dpo', 'ResumableSampler']
+           'split_documents', 'PackedDataset', 'SFTDataset', 'pad_sequences', 'collate_sft', 'encode_chat',
+           'labels_html', 'mask_runs', 'label_runs', 'DPODataset', 'collate_dpo', 'ResumableSampler']
 
 # %% ../nbs/08_datasets.ipynb #b8c39876
 import hashlib, itertools, json, os, re, shutil, tempfile, time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Union
+from typing import Iterable, Iterator, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from .tokenizer import MiniMindTokenizer, TAG_TOKENS, load_tokenizer, token_byte
 # %% ../nbs/08_datasets.ipynb #14aeb832
 LABEL, TAG = 1, 2   # bit flags of a chat token in flags.bin: the loss sees it; it is part of a reasoning tag
 LAYOUTS = {'pretrain': 'text', 'sft': 'chat', 'identity': 'chat', 'reason': 'chat', 'dpo': 'pair'}  # corpus kind -> shard layout
-FORMAT_VERSION = 1  # part of the cache key: bump it when the layout or the labelling rules change
+FORMAT_VERSION = 2  # part of the cache key: bump it when the layout or the labelling rules change (2: typed tokens are text)
 
 def _memmap(path:Path, dtype) -> np.ndarray:
     "Read-only memory map of `path` (an empty array for an empty file, which np.memmap refuses)."
@@ -93,10 +93,11 @@ def assistant_header(tokenizer:MiniMindTokenizer) -> str:
     probe = [{'role': 'user', 'content': 'x'}]
     return tokenizer.apply_chat_template(probe, add_generation_prompt=True)[len(tokenizer.apply_chat_template(probe)):]
 
-def render_with_spans(tokenizer:MiniMindTokenizer, messages:list, header:Optional[str]=None) -> tuple:
-    "Chat text of `messages`, the character spans of each assistant reply with its `<|im_end|>`, and of the reasoning tags in them."
+def _chat_spans(tokenizer:MiniMindTokenizer, messages:list, header:Optional[str]=None) -> tuple:
+    "`render_with_spans`, and the spans of the added tokens content typed, which are encoded as text (chapter 02's `render_guarded`)."
     eos, header = tokenizer.id_to_token(tokenizer.eos_token_id), header or assistant_header(tokenizer)
-    text = tokenizer.apply_chat_template(messages)
+    text, typed = tokenizer.render_guarded(messages)
+    typed_starts = {start for start, _ in typed}
     prefix_length = {len(messages): len(text)}
     def upto(k):  # length of the text of messages[:k], which must begin the whole text
         if k not in prefix_length:
@@ -107,14 +108,18 @@ def render_with_spans(tokenizer:MiniMindTokenizer, messages:list, header:Optiona
     label_spans, tag_spans = [], []
     for k, message in enumerate(messages):
         if message.get('role') != 'assistant': continue
-        start = text.find(header, upto(k) if k else 0, upto(k + 1))
+        start = text.find(header, upto(k) if k else 0, upto(k + 1))   # the template's header: it comes before anything the reply typed
         if start < 0: raise ValueError(f"message {k} is an assistant reply, but the chat template wrote no {header!r} for it")
         start += len(header)
-        end = text.rfind(eos, start, upto(k + 1))               # the reply's closing '<|im_end|>'
+        end = text.rfind(eos, start, upto(k + 1))               # the reply's closing '<|im_end|>', the last one: the template's
         end = upto(k + 1) if end < 0 else end + len(eos)
         label_spans.append((start, end))
-        tag_spans += [(m.start(), m.end()) for m in _TAG_PATTERN.finditer(text, start, end)]
-    return text, label_spans, tag_spans
+        tag_spans += [(m.start(), m.end()) for m in _TAG_PATTERN.finditer(text, start, end) if m.start() not in typed_starts]
+    return text, label_spans, tag_spans, typed
+
+def render_with_spans(tokenizer:MiniMindTokenizer, messages:list, header:Optional[str]=None) -> tuple:
+    "Chat text of `messages`, the character spans of each assistant reply with its `<|im_end|>`, and of the reasoning tags in them."
+    return _chat_spans(tokenizer, messages, header)[:3]   # to encode a chat use encode_chat: encode(text) would obey typed markers
 
 # %% ../nbs/08_datasets.ipynb #51e1fd3f
 def overlaps_spans(starts:np.ndarray, ends:np.ndarray, spans:np.ndarray) -> np.ndarray:
@@ -125,19 +130,27 @@ def overlaps_spans(starts:np.ndarray, ends:np.ndarray, spans:np.ndarray) -> np.n
 
 # %% ../nbs/08_datasets.ipynb #1bf5d539
 def _prepare(records:list, layout:str, tokenizer:MiniMindTokenizer) -> dict:
-    "Texts to encode for a chunk of records, with label/tag spans for chats (a DPO record gives chosen then rejected)."
+    "Texts to encode for a chunk of records, with label/tag/typed spans for chats (a DPO record gives chosen then rejected)."
     if layout == 'text': return dict(texts=[str(record['text']) for record in records])
     conversations = ([record['chosen'], record['rejected']] if layout == 'pair' else [record['conversations']] for record in records)
-    texts, label_spans, tag_spans, header = [], [], [], assistant_header(tokenizer)
+    texts, label_spans, tag_spans, typed_spans, header = [], [], [], [], assistant_header(tokenizer)
     for messages in itertools.chain.from_iterable(conversations):
-        text, labels, tags = render_with_spans(tokenizer, messages, header)
-        texts.append(text); label_spans.append(labels); tag_spans.append(tags)
-    return dict(texts=texts, label_spans=label_spans, tag_spans=tag_spans)
+        text, labels, tags, typed = _chat_spans(tokenizer, messages, header)
+        texts.append(text); label_spans.append(labels); tag_spans.append(tags); typed_spans.append(typed)
+    return dict(texts=texts, label_spans=label_spans, tag_spans=tag_spans, typed_spans=typed_spans)
+
+class _Encoded(NamedTuple):
+    "What `_finish` reads of a `tokenizers.Encoding`, for a text `encode_guarded` encoded."
+    ids: list
+    offsets: list
 
 def _encode(tokenizer:MiniMindTokenizer, prepared:dict) -> list:
-    "Rust batch encoding of the chunk's texts (offsets only when chats need them)."
-    if 'label_spans' in prepared: return tokenizer.tokenizer.encode_batch(prepared['texts'], add_special_tokens=False)
-    return tokenizer.tokenizer.encode_batch_fast(prepared['texts'], add_special_tokens=False)
+    "Rust batch encoding of the chunk's texts (offsets only when chats need them); a chat whose content typed a token, through the guard."
+    if 'label_spans' not in prepared: return tokenizer.tokenizer.encode_batch_fast(prepared['texts'], add_special_tokens=False)
+    encodings = tokenizer.tokenizer.encode_batch(prepared['texts'], add_special_tokens=False)
+    for i, typed in enumerate(prepared['typed_spans']):
+        if typed: encodings[i] = _Encoded(*tokenizer.encode_guarded(prepared['texts'][i], typed, offsets=True))
+    return encodings
 
 # %% ../nbs/08_datasets.ipynb #0d8e34b8
 def _frame(ids:list, bos:int, eos:int) -> list:
@@ -258,14 +271,17 @@ def padding_waste(lengths, max_seq_len:int) -> dict:
                 speedup=float(len(lengths) * max_seq_len / kept.sum()))  # useful tokens per row, packed over padded
 
 # %% ../nbs/08_datasets.ipynb #eb4b5c98
-def split_documents(lengths, val_fraction:float=0.01, min_val_tokens:int=1, seed:int=0) -> tuple:
-    "Seeded split of document indices into sorted (train, val) arrays; val holds about `val_fraction` of the tokens, at least `min_val_tokens`."
+def split_documents(lengths, val_fraction:float=0.01, min_val_tokens:int=1, seed:int=0, max_val_tokens:Optional[int]=None) -> tuple:
+    "Seeded split of document indices into sorted (train, val) arrays: val is whole documents no longer than its target, at least the target and under twice it."
     lengths = np.asarray(lengths)
     if val_fraction <= 0: return np.arange(len(lengths)), np.arange(0)
+    share = val_fraction * lengths.sum()
+    target = max(share if max_val_tokens is None else min(share, max_val_tokens), min_val_tokens)
     order = np.random.default_rng(seed).permutation(len(lengths))
-    target = max(val_fraction * lengths.sum(), min_val_tokens)
-    n_val = min(int(np.searchsorted(np.cumsum(lengths[order]), target)) + 1, len(lengths))  # fewest documents reaching the target
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+    candidates = order[lengths[order] <= target]   # a document longer than the whole target never goes to validation
+    n_val = min(int(np.searchsorted(np.cumsum(lengths[candidates]), target)) + 1, len(candidates))  # fewest candidates reaching it
+    val = np.sort(candidates[:n_val])
+    return np.setdiff1d(np.arange(len(lengths)), val, assume_unique=True), val
 
 # %% ../nbs/08_datasets.ipynb #be147976
 def _runs(offsets:np.ndarray, docs:np.ndarray) -> tuple:
@@ -277,12 +293,14 @@ def _runs(offsets:np.ndarray, docs:np.ndarray) -> tuple:
 
 class PackedDataset(Dataset):
     "Pretraining documents joined end to end and cut into blocks of `seq_len` tokens: no padding anywhere."
-    def __init__(self, store:TokenStore, seq_len:int, split:Optional[str]='train', val_fraction:float=0.01, seed:int=0):
+    def __init__(self, store:TokenStore, seq_len:int, split:Optional[str]='train', val_fraction:float=0.01, seed:int=0,
+                 max_val_tokens:Optional[int]=2**22):
         if store.layout != 'text': raise ValueError(f"PackedDataset packs pretraining text; {store} holds {store.kind} data")
         if split not in ('train', 'val', None): raise ValueError(f"split must be 'train', 'val' or None (everything), not {split!r}")
         self.store, self.seq_len, self.split = store, seq_len, split
         if split is None: self.docs = np.arange(len(store))
-        else: self.docs = split_documents(store.lengths, val_fraction, min_val_tokens=seq_len, seed=seed)[split == 'val']
+        else:  # whole documents, at least one block's worth, at most ~4M tokens: many times what a validation pass reads
+            self.docs = split_documents(store.lengths, val_fraction, seq_len, seed, max_val_tokens)[split == 'val']
         self.run_starts, run_ends = _runs(store.offsets, self.docs)
         self.run_positions = np.concatenate([[0], np.cumsum(run_ends - self.run_starts)])  # (n_runs+1,) where each run begins in the packed stream
         self.n_tokens = int(self.run_positions[-1])
@@ -332,14 +350,18 @@ def _split_rows(rows:np.ndarray, split:Optional[str], val_fraction:float, seed:i
     if split is None: return rows
     return rows[split_documents(np.ones(len(rows)), val_fraction, min_val_tokens=1, seed=seed)[split == 'val']]
 
-def _chat_item(store:TokenStore, doc:int, max_seq_len:int, with_tag_mask:bool) -> dict:
-    "input_ids, labels (and tag_mask) of stored chat `doc`, truncated to `max_seq_len`."
-    start = int(store.offsets[doc]); end = min(int(store.offsets[doc + 1]), start + max_seq_len)
-    input_ids = torch.from_numpy(store.tokens[start:end].astype(np.int64))   # (T,)
-    flags = torch.from_numpy(np.array(store.flags[start:end]))               # (T,) uint8
+def _chat_row(tokens:np.ndarray, flags:np.ndarray, with_tag_mask:bool) -> dict:
+    "input_ids, labels (and tag_mask) of one chat's tokens and flags."
+    input_ids = torch.from_numpy(np.asarray(tokens).astype(np.int64))   # (T,)
+    flags = torch.from_numpy(np.array(flags))                            # (T,) uint8
     item = dict(input_ids=input_ids, labels=torch.where((flags & LABEL) > 0, input_ids, -100))
     if with_tag_mask: item['tag_mask'] = (flags & TAG) > 0
     return item
+
+def _chat_item(store:TokenStore, doc:int, max_seq_len:int, with_tag_mask:bool) -> dict:
+    "input_ids, labels (and tag_mask) of stored chat `doc`, truncated to `max_seq_len`."
+    start = int(store.offsets[doc]); end = min(int(store.offsets[doc + 1]), start + max_seq_len)
+    return _chat_row(store.tokens[start:end], store.flags[start:end], with_tag_mask)
 
 # %% ../nbs/08_datasets.ipynb #4ea16760
 def pad_sequences(sequences:list, value, length:Optional[int]=None) -> torch.Tensor:
@@ -360,6 +382,13 @@ def collate_sft(batch:list, pad_id:int=0, pad_to_multiple_of:Optional[int]=None)
                attention_mask=pad_sequences([torch.ones_like(item['input_ids']) for item in batch], 0, length))
     if 'tag_mask' in batch[0]: out['tag_mask'] = pad_sequences([item['tag_mask'] for item in batch], False, length)
     return out
+
+# %% ../nbs/08_datasets.ipynb #60e7901b
+def encode_chat(tokenizer:MiniMindTokenizer, messages:list, max_seq_len:Optional[int]=None, with_tag_mask:bool=False) -> dict:
+    "`input_ids` and `labels` (-100 except the assistant replies and their `<|im_end|>`) of one conversation, as `SFTDataset` rows are; `tag_mask` if asked."
+    prepared = _prepare([{'conversations': messages}], 'chat', tokenizer)
+    done = _finish(prepared, _encode(tokenizer, prepared), tokenizer, np.int64)
+    return _chat_row(done['tokens'][:max_seq_len], done['flags'][:max_seq_len], with_tag_mask)
 
 # %% ../nbs/08_datasets.ipynb #b319d0dd
 def labels_html(tokenizer:MiniMindTokenizer, input_ids, labels, tag_mask=None) -> str:
