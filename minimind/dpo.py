@@ -24,7 +24,7 @@ from .config import check_flag
 from .corpus import default_corpus, read_jsonl
 from .tokenizer import load_tokenizer, MiniMindTokenizer
 from .model import MiniMindForCausalLM
-from .datasets import DPODataset, collate_dpo, render_with_spans, overlaps_spans
+from .datasets import DPODataset, collate_dpo, encode_chat
 from .trainer import Trainer, TrainConfig, read_metrics, unwrap
 from .stage import Stage, data_path, tokenize_once, checkpoint_tokenizer, course_run, recipe_id, recipe_config
 from .sft import skill_accuracy, course_sft
@@ -124,13 +124,8 @@ def collate_pairs(batch:list, pad_id:int=0) -> dict:
 
 # %% ../nbs/13_dpo.ipynb #bc7b9fdb
 def chat_item(tokenizer:MiniMindTokenizer, messages:list, max_seq_len:Optional[int]=None) -> dict:
-    "`input_ids` and `labels` (-100 except the assistant replies and their `<|im_end|>`) of one chat, as 08_datasets labels it."
-    text, spans, _ = render_with_spans(tokenizer, messages)
-    encoding = tokenizer.tokenizer.encode(text, add_special_tokens=False)
-    starts = np.array([start for start, _ in encoding.offsets], dtype=np.int64)                  # (T,) first character
-    is_label = overlaps_spans(starts, starts + 1, np.array(spans, dtype=np.int64).reshape(-1, 2))  # starts in a reply
-    input_ids = torch.tensor(encoding.ids[:max_seq_len])
-    return dict(input_ids=input_ids, labels=torch.where(torch.from_numpy(is_label[:max_seq_len]), input_ids, -100))
+    "`input_ids` and `labels` (-100 except the assistant replies and their `<|im_end|>`) of one chat, exactly as 08_datasets labels it (typed special tokens stay text)."
+    return encode_chat(tokenizer, messages, max_seq_len)
 
 def eval_pair(tokenizer:MiniMindTokenizer, record:dict, max_seq_len:Optional[int]=None) -> dict:
     "A DPODataset-style item from an eval_preference `record` (prompt, chosen, rejected)."

@@ -27,7 +27,7 @@ def in_process(module:str, func:str, argv:list, capsys) -> tuple:
 def test_a_console_script_exits_2_with_one_line(tmp_path):
     r = run('minimind.pretrain:minimind_pretrain', '--steps', '-5', '--out', tmp_path / 'out')
     assert r.returncode == 2, r.stderr[-2000:]
-    assert r.stderr.strip().splitlines() == [f"cli.py: --steps -5: must be at least 0"]
+    assert r.stderr.strip().splitlines() == ["minimind_pretrain: --steps -5: must be at least 0"]
     assert not (tmp_path / 'out').exists()                       # before any work: no folder, no tokenized data
 
 
