@@ -78,7 +78,9 @@ def load_checkpoint_folder(folder, tokenizer=None, lora=None, device=None, *, in
                            flag:Optional[str]=None, hint:str=CHECKPOINT_HINT) -> tuple:
     "`(model, tokenizer)` of checkpoint `folder` (or weights file): weights loaded strictly, eval mode, on `device` (None: where they load), with `checkpoint_tokenizer`'s tokenizer (`tokenizer=False`: none) and an optional LoRA adapter `lora`; `inference_rope_scaling` turns YaRN on."
     label = f"{flag} {folder}" if flag else str(folder)
-    if folder is None or not Path(folder).exists(): raise FileNotFoundError(f"{label}: no such folder or file; {hint}")
+    if folder is None or not Path(folder).exists():
+        what = 'file' if Path(str(folder)).suffix in WEIGHT_SUFFIXES else 'folder'
+        raise FileNotFoundError(f"{label}: no such {what}; {hint}")
     weights, home = _checkpoint_weights(Path(folder), label, hint)
     try:
         if (home / 'config.json').is_file(): config = MiniMindConfig.load(home)
