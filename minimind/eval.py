@@ -497,7 +497,7 @@ def write_results(results:dict, path) -> Path:
 
 # %% ../nbs/18_eval.ipynb #5b74059b
 def eval_cli(
-    ckpt_dir:str,  # checkpoint folder (config.json + model.safetensors), e.g. out/pretrain; its saved tokenizer is used
+    ckpt_dir:str,  # checkpoint folder (config.json + model.safetensors), e.g. out/pretrain, or a MiniMind2 .pth file; its saved tokenizer is used
     data:str=None,  # JSONL file: text or chats -> perplexity, eval records -> skill accuracy; C-Eval/CMMLU CSV file or folder of subject files -> mc
     task:str=None,  # comma list of ppl, cloze, facts, arith, format, identity, preference, repetition, mc; default: all but mc (with --data: what fits it)
     kind:str=None,  # format of --data for perplexity (pretrain, sft, identity, reason); default: detected
