@@ -173,8 +173,9 @@ def chat_loop(model:MiniMindForCausalLM, tokenizer:MiniMindTokenizer, lines:Iter
 
 # %% ../nbs/16_chat.ipynb #34405143
 def chat_cli(
-    ckpt_dir:str,  # checkpoint folder (config.json + weights, tokenizer optional), e.g. out/sft or a MiniMind2 folder
-    lora:str=None,  # LoRA adapter folder (written by minimind_lora) to apply on top
+    ckpt_dir:str,  # checkpoint folder (config.json + weights, tokenizer optional), e.g. out/sft or a MiniMind2 folder, or a MiniMind2 .pth file
+    lora:str=None,  # LoRA adapter to apply on top: a folder written by minimind_lora, or a MiniMind2 lora_*.pth file
+    inference_rope_scaling:bool=False,  # turn YaRN on (MiniMind2's rope_scaling: 16 x 2048 positions) for a checkpoint trained without it
     temperature:float=0.7,  # sampling temperature; 0 = greedy (always the most likely token)
     top_p:float=0.9,  # nucleus sampling: sample among the most likely tokens that make up this probability
     top_k:int=None,  # sample among the k most likely tokens only
@@ -192,11 +193,13 @@ def chat_cli(
     check_flag('top_k', top_k, low=1); check_flag('repetition_penalty', repetition_penalty, low=0, low_open=True)
     check_flag('max_new_tokens', max_new_tokens, low=1)
     device = resolve_device(device)
-    try: model, tokenizer = load_checkpoint_folder(ckpt_dir, lora=lora, device=device)
+    try: model, tokenizer = load_checkpoint_folder(ckpt_dir, lora=lora, device=device, inference_rope_scaling=inference_rope_scaling)
     except (FileNotFoundError, ValueError, ImportError) as e: raise CliError(f"minimind_chat: {e}") from None
     if seed is not None: torch.manual_seed(seed)
     interactive = sys.stdin.isatty()
-    print(f"chatting with {ckpt_dir}{f' + {lora}' if lora else ''}; /reset clears the history, /exit quits", file=sys.stderr)
+    scaling = model.config.rope_scaling
+    yarn = f" (YaRN on: {scaling['factor']} x {scaling['original_max_position_embeddings']} positions)" if inference_rope_scaling else ''
+    print(f"chatting with {ckpt_dir}{f' + {lora}' if lora else ''}{yarn}; /reset clears the history, /exit quits", file=sys.stderr)
     try:
         chat_loop(model, tokenizer, iter(sys.stdin.readline, ''), sys.stdout, system=system,
                   enable_thinking=True if think else False if no_think else None, max_new_tokens=max_new_tokens,

@@ -6,7 +6,7 @@ Docs: https://minimind-course.github.io/minimind/rope.html.md"""
 
 # %% auto #0
 __all__ = ['rope_frequencies', 'rope_tables', 'rotate_half', 'apply_rotary', 'linear_frequencies', 'ntk_frequencies',
-           'yarn_correction_range', 'yarn_attention_factor', 'yarn_frequencies', 'precompute_rope']
+           'yarn_correction_range', 'yarn_attention_factor', 'yarn_attention', 'yarn_frequencies', 'precompute_rope']
 
 # %% ../nbs/04_rope.ipynb #4746a85e
 import math
@@ -52,41 +52,45 @@ def ntk_frequencies(head_dim:int, theta:float, factor:float) -> torch.Tensor:
 
 # %% ../nbs/04_rope.ipynb #aabbb1e3
 def yarn_correction_range(head_dim:int, theta:float, original_len:int, beta_fast:float=32.0, beta_slow:float=1.0) -> tuple:
-    "`(low, high)` pair indices: below `low` a pair turns more than `beta_fast` times over `original_len` tokens (kept), above `high` fewer than `beta_slow` times (interpolated)."
+    "`(low, high)` pair indices: below `low` a pair turns more than `beta_fast` times over `original_len` tokens (kept), above `high` fewer than `beta_slow` times (interpolated); clipped to `0..head_dim/2 - 1`."
     def pair_index(turns):  # the i at which the pair makes `turns` rotations over original_len tokens
         return head_dim * math.log(original_len / (turns * 2 * math.pi)) / (2 * math.log(theta))
     low, high = math.floor(pair_index(beta_fast)), math.ceil(pair_index(beta_slow))
-    return max(low, 0), min(high, head_dim - 1)
+    return max(low, 0), min(high, head_dim // 2 - 1)
 
 # %% ../nbs/04_rope.ipynb #a260eca4
 def yarn_attention_factor(factor:float) -> float:
-    "YaRN's logit temperature correction `0.1 * ln(factor) + 1` (1 when not stretching), applied to both cos and sin."
+    "The YaRN paper's logit temperature correction `0.1 * ln(factor) + 1` (1 when not stretching), applied to both cos and sin."
     return 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+
+def yarn_attention(rope_scaling:dict) -> float:
+    "The factor YaRN multiplies cos and sin by: `attention_factor`; absent: 1.0 (MiniMind2's); null: the paper's `yarn_attention_factor`."
+    if 'attention_factor' not in rope_scaling: return 1.0      # the reference reads rope_scaling.get('attention_factor', 1.0)
+    value = rope_scaling['attention_factor']
+    return yarn_attention_factor(float(rope_scaling['factor'])) if value is None else float(value)
 
 def yarn_frequencies(head_dim:int, theta:float, factor:float, original_len:int,
                      beta_fast:float=32.0, beta_slow:float=1.0) -> torch.Tensor:
-    "YaRN frequencies: fast pairs kept, slow pairs divided by `factor`, a linear ramp in the pair index between."
+    "YaRN frequencies: fast pairs kept, slow pairs divided by `factor`, a linear ramp in the pair index between (MiniMind2's arithmetic)."
     inv_freq = rope_frequencies(head_dim, theta)                         # (d/2,) extrapolation: unchanged
     low, high = yarn_correction_range(head_dim, theta, original_len, beta_fast, beta_slow)
-    if high == low: high += 0.001                                        # avoid 0/0 when the ramp is a step
-    ramp = ((torch.arange(head_dim // 2).float() - low) / (high - low)).clamp(0, 1)  # (d/2,) 0: keep, 1: interpolate
-    return inv_freq * (1 - ramp) + (inv_freq / factor) * ramp            # (d/2,)
+    ramp = ((torch.arange(head_dim // 2).float() - low) / max(high - low, 0.001)).clamp(0, 1)  # (d/2,) 0: keep, 1: interpolate
+    return inv_freq * (1 - ramp + ramp / factor)                         # (d/2,) the reference's form, to the last bit
 
 # %% ../nbs/04_rope.ipynb #a2a4ec5a
 def precompute_rope(head_dim:int, end:int, theta:float=1e6, rope_scaling:Optional[dict]=None) -> tuple:
-    "`(cos, sin)` float32 tables `(end, head_dim)` for positions `0..end-1`, with YaRN/linear/NTK scaling if `rope_scaling` asks and `end` exceeds the original length."
+    "`(cos, sin)` float32 tables `(end, head_dim)` for positions `0..end-1`, with YaRN/linear/NTK frequencies if `rope_scaling` asks and `end` exceeds the original length."
     if rope_scaling is None: return rope_tables(rope_frequencies(head_dim, theta), end)
     kind = rope_scaling.get('type', rope_scaling.get('rope_type', 'yarn'))
     factor = float(rope_scaling.get('factor', 1.0))
     original_len = rope_scaling.get('original_max_position_embeddings')
-    if factor <= 1.0 or (original_len is not None and end <= original_len):  # nothing to stretch
-        return rope_tables(rope_frequencies(head_dim, theta), end)
+    stretch = original_len is None or end > original_len                # MiniMind2 switches on the table's length
     if kind == 'yarn':
         if original_len is None: raise ValueError("rope_scaling of type 'yarn' needs 'original_max_position_embeddings'")
-        inv_freq = yarn_frequencies(head_dim, theta, factor, original_len,
-                                    rope_scaling.get('beta_fast') or 32.0, rope_scaling.get('beta_slow') or 1.0)
-        attention_factor = rope_scaling.get('attention_factor') or yarn_attention_factor(factor)
-        return rope_tables(inv_freq, end, attention_factor)
+        inv_freq = yarn_frequencies(head_dim, theta, factor, original_len, rope_scaling.get('beta_fast') or 32.0,
+                                    rope_scaling.get('beta_slow') or 1.0) if stretch else rope_frequencies(head_dim, theta)
+        return rope_tables(inv_freq, end, yarn_attention(rope_scaling))  # the reference scales cos/sin in both cases
+    if factor <= 1.0 or not stretch: return rope_tables(rope_frequencies(head_dim, theta), end)  # nothing to stretch
     if kind == 'linear': return rope_tables(linear_frequencies(head_dim, theta, factor), end)
     if kind == 'ntk': return rope_tables(ntk_frequencies(head_dim, theta, factor), end)
     raise ValueError(f"unknown rope_scaling type {kind!r}: use 'yarn', 'linear' or 'ntk' (or rope_scaling=None)")

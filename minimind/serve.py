@@ -373,11 +373,12 @@ class BackgroundServer:
 
 # %% ../nbs/16a_serve.ipynb #48a266d8
 def serve_cli(
-    ckpt_dir:str,  # checkpoint folder (config.json + weights, tokenizer optional), e.g. out/sft or a MiniMind2 folder
+    ckpt_dir:str,  # checkpoint folder (config.json + weights, tokenizer optional), e.g. out/sft or a MiniMind2 folder, or a MiniMind2 .pth file
     host:str='127.0.0.1',  # address to listen on; 0.0.0.0 opens the server to the network (then set --api-key)
     port:int=8998,  # TCP port
     api_key:str=None,  # require 'Authorization: Bearer KEY' on /v1 requests (default: $MINIMIND_API_KEY, if set)
-    lora:str=None,  # LoRA adapter folder (written by minimind_lora) to apply on top
+    lora:str=None,  # LoRA adapter to apply on top: a folder written by minimind_lora, or a MiniMind2 lora_*.pth file
+    inference_rope_scaling:bool=False,  # turn YaRN on (MiniMind2's rope_scaling: 16 x 2048 positions) for a checkpoint trained without it
     model_name:str=None,  # the model id clients see in /v1/models (default: the checkpoint folder's name)
     max_concurrent:int=4,  # generations running at once; further requests wait for a free slot
     max_tokens_limit:int=1024,  # the most tokens one reply may have (also the default max_tokens)
@@ -393,7 +394,7 @@ def serve_cli(
     device = resolve_device(device)
     try:
         import uvicorn
-        model, tokenizer = load_checkpoint_folder(ckpt_dir, lora=lora, device=device)
+        model, tokenizer = load_checkpoint_folder(ckpt_dir, lora=lora, device=device, inference_rope_scaling=inference_rope_scaling)
     except ImportError as e: raise CliError(f"minimind_serve: {e}; install the server extra: pip install 'minimind[serve]'") from None
     except (FileNotFoundError, ValueError) as e: raise CliError(f"minimind_serve: {e}") from None
     if threads: torch.set_num_threads(threads)
@@ -402,7 +403,8 @@ def serve_cli(
     app = create_app(model, tokenizer, name, api_key, max_concurrent, max_tokens_limit, max_request_bytes, request_timeout)
     if host not in ('127.0.0.1', 'localhost', '::1') and api_key is None:
         print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use the model", file=sys.stderr)
-    print(f"serving {ckpt_dir} as {name!r} at http://{host}:{port}/v1 (OpenAI-compatible; Ctrl-C stops)", file=sys.stderr, flush=True)
+    yarn = f", YaRN on: {model.config.rope_scaling['factor']} x {model.config.rope_scaling['original_max_position_embeddings']} positions" if inference_rope_scaling else ''
+    print(f"serving {ckpt_dir} as {name!r} at http://{host}:{port}/v1 (OpenAI-compatible{yarn}; Ctrl-C stops)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level='warning')
 
 def minimind_serve():

@@ -44,3 +44,46 @@ def save_fresh_tiny(folder, with_tokenizer:bool=True, seed:int=0, preset:str='ti
     MiniMindForCausalLM(MiniMindConfig.from_preset(preset, vocab_size=tok.vocab_size)).save_pretrained(folder)
     if with_tokenizer: tok.save_pretrained(folder)
     return Path(folder)
+
+
+def minimind2_pth(folder, name:str='dense_tiny', prefix:str='module.') -> Path:
+    """A checkpoint in MiniMind2's own `.pth` layout, made from the reference fixture `name`: `torch.save` of every
+    state-dict tensor in fp16 (`lm_head.weight` included, tied to the embedding), keys `prefix`ed as a DDP-wrapped
+    model saves them, with the fixture's config.json and the MiniMind2 tokenizer beside it. Returns the .pth path."""
+    import pytest, shutil
+    from safetensors.torch import load_file
+    from minimind.config import fixtures_dir
+    fixtures = fixtures_dir()
+    if fixtures is None: pytest.skip('MiniMind2 reference fixtures not found')
+    ref, folder = fixtures / 'minimind2', Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = load_file(str(ref / f'{name}.weights.safetensors'))
+    state['lm_head.weight'] = state['model.embed_tokens.weight']
+    path = folder / f"full_sft_{state['model.embed_tokens.weight'].shape[1]}.pth"
+    torch.save({prefix + k: v.half() for k, v in state.items()}, path)
+    shutil.copy(ref / f'{name}.config.json', folder / 'config.json')
+    for tok_file in ('tokenizer.json', 'tokenizer_config.json'): shutil.copy(ref / tok_file, folder / tok_file)
+    return path
+
+
+def minimind2_lora(path, model, rank:int=8, seed:int=0, scale:float=0.2) -> dict:
+    """A `lora_*.pth` adapter in MiniMind2's layout for `model`: `<layer>.lora.A.weight` (rank, in) and
+    `<layer>.lora.B.weight` (out, rank) for every square nn.Linear (its model_lora.py's rule), random nonzero B.
+    Saved with torch.save to `path`; returns the dict."""
+    g = torch.Generator().manual_seed(seed)
+    adapter = {}
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and m.weight.shape[0] == m.weight.shape[1]:
+            adapter[f'{name}.lora.A.weight'] = torch.randn(rank, m.in_features, generator=g) * scale
+            adapter[f'{name}.lora.B.weight'] = torch.randn(m.out_features, rank, generator=g) * scale
+    torch.save(adapter, path)
+    return adapter
+
+
+def merge_by_hand(model, adapter:dict):
+    "`model` with MiniMind2's adapter dict folded in as its forward computes it: W + B A, no scale. In place; returns it."
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if f'{name}.lora.A.weight' in adapter:
+                m.weight += adapter[f'{name}.lora.B.weight'] @ adapter[f'{name}.lora.A.weight']
+    return model

@@ -114,3 +114,47 @@ def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit) as exit: run_cli(chat_cli, [str(tmp_path / 'missing'), flag, value])
     err = capsys.readouterr().err
     assert exit.value.code == 2 and err.count('\n') == 1 and flag in err, (exit.value.code, err)
+
+
+def _dense_tiny_by_hand(folder):
+    "The fixture's dense_tiny model with its weights rounded to fp16, as a MiniMind2 .pth holds them."
+    from helpers import minimind2_pth
+    pth = minimind2_pth(folder)
+    config = MiniMindConfig.load(folder)
+    state = {k.removeprefix('module.'): v.float() for k, v in torch.load(pth, weights_only=True).items()}
+    model = MiniMindForCausalLM(config); model.load_state_dict(state)
+    return pth, model.eval()
+
+
+def test_minimind2_pth_and_lora_pth_chat(tmp_path):
+    "minimind_chat full_sft_64.pth --lora lora_identity_64.pth: MiniMind2's files as published, W + B A as its model_lora.py."
+    from helpers import minimind2_lora, merge_by_hand
+    pth, by_hand = _dense_tiny_by_hand(tmp_path / 'out')
+    adapter = minimind2_lora(tmp_path / 'lora_identity_64.pth', by_hand)
+    assert {k.split('.')[-4] for k in adapter} == {'q_proj', 'o_proj'}            # the square Linears of MiniMind2's layout
+    model, tok = load_checkpoint_folder(pth, lora=tmp_path / 'lora_identity_64.pth')
+    merge_by_hand(by_hand, adapter)
+    ids = torch.tensor([tok.encode('你好，世界')])
+    with torch.no_grad(): assert (model(ids).logits - by_hand(ids).logits).abs().max().item() < 1e-5
+    hello = [{'role': 'user', 'content': '你好'}]
+    want = reply(by_hand, tok, hello, 10)
+    for source in (pth, pth.parent):                                             # the file, or its folder
+        r = chat([source, '--lora', tmp_path / 'lora_identity_64.pth', '--temperature', '0', '--max_new_tokens', '10'], '你好\n')
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.stdout == want + '\n'
+    r = chat([tmp_path / 'lora_identity_64.pth', '--temperature', '0'], 'hi\n')   # an adapter is not a model
+    assert r.returncode != 0 and 'Traceback' not in r.stderr and 'lora_identity_64.pth' in r.stderr
+
+
+def test_inference_rope_scaling_flag(tiny):
+    "--inference-rope-scaling chats with the reference's YaRN switched on (enable_yarn), which changes the model's outputs."
+    from minimind.config import enable_yarn, DEFAULT_YARN
+    yarn, tok = load_checkpoint_folder(tiny, inference_rope_scaling=True)
+    plain, _ = load_checkpoint_folder(tiny)
+    assert yarn.config == enable_yarn(plain.config) and yarn.config.rope_scaling == DEFAULT_YARN
+    ids = torch.tensor([tok.encode('Hello there, how are you?')])
+    with torch.no_grad(): assert (yarn(ids).logits - plain(ids).logits).abs().max().item() > 1e-5   # float noise is 0 here
+    hello = [{'role': 'user', 'content': 'Hello!'}]
+    r = chat([tiny, '--inference-rope-scaling', '--temperature', '0', '--max_new_tokens', '8'], 'Hello!\n')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout == reply(yarn, tok, hello) + '\n' and 'YaRN on: 16 x 2048 positions' in r.stderr

@@ -162,3 +162,92 @@ def test_results_table_rows_per_model():
     table = results_table({'pretrain': record, 'sft': record}).splitlines()
     assert table[0] == '| model | ppl ↓ | facts | mc |'
     assert table[2] == '| pretrain | 12.3 | 50.0% | 25.0% |' and len(table) == 4
+
+
+# ---------------------------------------------------------------- C-Eval and CMMLU files, as published
+
+DATA = REPO / 'tests' / 'data'
+
+
+@pytest.fixture(scope='module')
+def minimind2_model(tmp_path_factory):
+    "MiniMind2's own .pth layout (the reference dense_tiny weights, fp16) with its tokenizer, and the model loaded by hand."
+    from helpers import minimind2_pth
+    from minimind.stage import checkpoint_tokenizer
+    pth = minimind2_pth(tmp_path_factory.mktemp('mm2') / 'out')
+    model = MiniMindForCausalLM(MiniMindConfig.load(pth.parent))
+    model.load_state_dict({k.removeprefix('module.'): v.float() for k, v in torch.load(pth, weights_only=True).items()})
+    return pth, model.eval(), checkpoint_tokenizer(pth.parent)
+
+
+def _read_csv_by_hand(path):
+    "(question, options, answer letter) rows of a C-Eval or CMMLU CSV, by the csv module alone."
+    import csv
+    with open(path, newline='', encoding='utf-8-sig') as f: rows = list(csv.reader(f))
+    names = [h.lower() for h in rows[0]]
+    return [(r[names.index('question')], [r[names.index(l.lower())] for l in 'ABCD'], r[names.index('answer')]) for r in rows[1:]]
+
+
+def _accuracy_by_hand(model, tok, path, dev_path=None, shots=0):
+    "A subject's accuracy computed from scratch: k solved dev examples, the question, the letter with the largest next-token logit."
+    block = lambda q, opts: '\n'.join([q] + [f'{l}. {o}' for l, o in zip('ABCD', opts)] + ['答案：'])
+    prefix = ''.join(block(q, o) + a + '\n\n' for q, o, a in _read_csv_by_hand(dev_path)[:shots]) if shots else ''
+    letters = [tok.encode(l)[0] for l in 'ABCD']
+    right = 0
+    for q, opts, answer in _read_csv_by_hand(path):
+        ids = torch.tensor([[tok.bos_token_id] + tok.encode(prefix + block(q, opts))])
+        with torch.no_grad(): logits = model(ids).logits[0, -1]
+        right += 'ABCD'[int(logits[letters].argmax())] == answer
+    return right / len(_read_csv_by_hand(path))
+
+
+@pytest.mark.parametrize('bench,data,dev,shots', [('ceval', 'ceval/val', 'ceval/dev', 2), ('cmmlu', 'cmmlu/test', 'cmmlu/dev', 2),
+                                                  ('ceval', 'ceval/val/computer_network_val.csv', None, 0)])
+def test_benchmark_files_through_the_cli(minimind2_model, tmp_path, bench, data, dev, shots):
+    "minimind_eval full_sft_64.pth --data <C-Eval or CMMLU folder> --dev <dev folder> --shots k: each subject, the average."
+    pth, model, tok = minimind2_model
+    out = tmp_path / 'r.json'
+    r = run(EVAL, pth, '--data', DATA / data, *(('--dev', DATA / dev, '--shots', shots) if dev else ()), '--json', out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    mc = json.loads(out.read_text())['tasks']['mc']
+    files = [DATA / data] if data.endswith('.csv') else sorted((DATA / data).glob('*.csv'))
+    want = {}
+    for f in files:
+        subject = f.stem.removesuffix('_val')
+        dev_path = (DATA / dev / (f'{subject}_dev.csv' if bench == 'ceval' else f.name)) if dev else None
+        want[subject] = _accuracy_by_hand(model, tok, f, dev_path, shots)
+    assert {s: v['accuracy'] for s, v in mc['subjects'].items()} == pytest.approx(want)
+    assert mc['accuracy'] == pytest.approx(sum(want.values()) / len(want))        # the mean over subjects
+    assert mc['n'] == sum(len(_read_csv_by_hand(f)) for f in files) and mc['shots'] == shots
+    if len(files) > 1: assert 'average' in r.stdout and all(s in r.stdout for s in want)
+
+
+def test_bad_benchmark_csv_gets_one_line(tmp_path, ckpt):
+    "A missing column or an answer that is no option letter: one line naming the file and line, no traceback."
+    folder = tmp_path / 'val'; folder.mkdir()
+    cases = {'no_answer_val.csv': ('id,question,A,B,C,D\n0,q,a,b,c,d\n', ':1: header', "no column answer"),
+             'bad_letter_val.csv': ('id,question,A,B,C,D,answer\n0,q,a,b,c,d,A\n1,"two\nlines",a,b,c,d,E\n', ':3: answer', "'E' is not one of A, B, C, D"),
+             'short_row_val.csv': ('id,question,A,B,C,D,answer\n0,q,a,b,c,A\n', ':2:', '6 fields, the header has 7')}
+    for name, (text, where, what) in cases.items():
+        (folder / name).write_text(text, encoding='utf-8')
+        r = run(EVAL, ckpt.dir, '--data', folder / name, cache=ckpt.cache)
+        err = r.stderr.strip().splitlines()
+        assert r.returncode != 0 and len(err) == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+        assert f'{folder / name}{where}' in err[0] and what in err[0], err[0]
+    r = run(EVAL, ckpt.dir, '--data', DATA / 'ceval' / 'val', '--shots', '5', cache=ckpt.cache)
+    assert r.returncode == 2 and '--shots 5 needs --dev' in r.stderr
+
+
+def test_eval_inference_rope_scaling(ckpt, tok):
+    "--inference-rope-scaling scores the model with YaRN on: the perplexity changes from the plain run's and equals the in-process YaRN model's."
+    from minimind.eval import evaluate
+    args = ('--data', ckpt.docs, '--task', 'ppl', '--json')
+    results = {}
+    for flag in ((), ('--inference-rope-scaling',)):
+        out = ckpt.root / f"ppl{len(flag)}.json"
+        r = run(EVAL, ckpt.dir, *args, out, *flag, cache=ckpt.cache)
+        assert r.returncode == 0, r.stderr[-2000:]
+        results[flag] = json.loads(out.read_text())['tasks']['ppl']['ppl']
+    assert results[()] != results[('--inference-rope-scaling',)]
+    here = evaluate(str(ckpt.dir), tasks='ppl', data=ckpt.docs, inference_rope_scaling=True, progress=False, cache_dir=ckpt.cache)
+    assert here['tasks']['ppl']['ppl'] == pytest.approx(results[('--inference-rope-scaling',)], rel=1e-5)

@@ -221,8 +221,75 @@ def test_gguf_read_back(tmp_path, tok):
 
 def test_gguf_refuses_what_it_does_not_cover(tmp_path):
     with pytest.raises(ValueError, match='dense models only'): to_gguf(make_model(6, moe=True), tmp_path / 'moe.gguf')
-    yarn = make_model(6, rope_scaling=dict(type='yarn', factor=4.0, original_max_position_embeddings=256))
-    with pytest.raises(ValueError, match='YaRN'): to_gguf(yarn, tmp_path / 'yarn.gguf')
+    ntk = make_model(6, rope_scaling=dict(type='ntk', factor=4.0, original_max_position_embeddings=256))
+    with pytest.raises(ValueError, match='no llama.cpp equivalent'): to_gguf(ntk, tmp_path / 'ntk.gguf')
+    betas = make_model(6, rope_scaling=dict(type='yarn', factor=4.0, original_max_position_embeddings=256, beta_fast=16))
+    with pytest.raises(ValueError, match='run-time flags'): to_gguf(betas, tmp_path / 'betas.gguf')
+    assert not list(tmp_path.iterdir())                                          # nothing written for a refusal
+
+
+@pytest.mark.parametrize('scaling', [dict(type='yarn', factor=4.0, original_max_position_embeddings=256, beta_fast=32, beta_slow=1),
+                                     dict(type='yarn', factor=4.0, original_max_position_embeddings=256, attention_factor=None),
+                                     dict(type='linear', factor=2.0, original_max_position_embeddings=256)])
+def test_gguf_rope_scaling_keys(tmp_path, tok, scaling):
+    "YaRN (MiniMind2's attention factor 1.0, or the paper's) and linear go into llama.cpp's rope-scaling keys; llama.cpp's formulas over them give MiniMind's logits."
+    model = make_model(9, rope_scaling=scaling)
+    meta, tensors = read_gguf(to_gguf(model, tmp_path / 'm.gguf', tok))
+    assert meta['llama.rope.scaling.type'] == scaling['type'] and meta['llama.rope.scaling.factor'] == scaling['factor']
+    ids = batch(tok, 1, 24)[0].tolist()
+    with torch.no_grad():
+        ours = model(torch.tensor([ids])).logits[0].double().numpy()
+        plain = make_model(9)(torch.tensor([ids])).logits[0].double().numpy()
+    assert abs(gguf_forward(tensors, meta, ids) - ours).max() <= 1e-4
+    assert abs(plain - ours).max() > 1e-4                                          # the scaling was not a no-op
+    if scaling['type'] == 'yarn':
+        import math
+        want = 1.0 if 'attention_factor' not in scaling else 0.1 * math.log(4.0) + 1
+        assert abs(meta['llama.rope.scaling.attn_factor'] * (1 + 0.1 * math.log(4.0)) - want) < 1e-6
+        assert meta['llama.rope.scaling.original_context_length'] == 256
+
+
+def test_reference_yarn_exports_exactly(tmp_path):
+    "yarn_tiny (MiniMind2 with inference_rope_scaling): transformers and the GGUF formulas give the reference's logits."
+    fixtures = fixtures_dir()
+    if fixtures is None: pytest.skip('reference fixtures not found')
+    from safetensors.torch import load_file
+    folder = fixtures / 'minimind2'
+    config = MiniMindConfig.load(folder / 'yarn_tiny.config.json')
+    model = MiniMindForCausalLM.from_pretrained(folder / 'yarn_tiny.weights.safetensors', config=config).eval()
+    expected = load_file(str(folder / 'yarn_tiny.expected.safetensors'))
+    out = to_hf(model, tmp_path / 'hf', tokenizer=folder)
+    saved = json.loads((out / 'config.json').read_text())
+    assert saved['rope_parameters']['attention_factor'] == 1.0 and saved['rope_scaling']['rope_type'] == 'yarn'
+    hf = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad(): logits = hf(expected['input_ids']).logits
+    assert (logits - expected['logits']).abs().max().item() <= 1e-4
+    greedy = hf.generate(expected['greedy_ids'][:, :8], max_new_tokens=12, do_sample=False, eos_token_id=None, min_new_tokens=12)
+    assert greedy.tolist() == expected['greedy_ids'].tolist()
+    meta, tensors = read_gguf(to_gguf(model, tmp_path / 'yarn.gguf', folder))
+    for row in range(expected['input_ids'].shape[0]):
+        got = gguf_forward(tensors, meta, expected['input_ids'][row].tolist())
+        assert abs(got - expected['logits'][row].double().numpy()).max() <= 1e-4
+
+
+def test_cli_exports_minimind2_pth_with_yarn(tmp_path):
+    "minimind_export full_sft_64.pth --inference-rope-scaling, to hf and to gguf: both checks pass, the YaRN keys are there."
+    from helpers import minimind2_pth
+    from minimind.stage import load_checkpoint_folder
+    pth = minimind2_pth(tmp_path / 'out')
+    for to, out in (('hf', tmp_path / 'mm2-hf'), ('gguf', tmp_path / 'mm2.gguf')):
+        r = run(EXPORT, pth, '--to', to, '--out', out, '--inference-rope-scaling')
+        assert r.returncode == 0, r.stderr[-3000:]
+        diff = float(r.stdout.split('check: max |logit difference| ')[1].split()[0])
+        assert diff <= 1e-4, r.stdout
+    yarn, tok = load_checkpoint_folder(pth, inference_rope_scaling=True)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / 'mm2-hf').eval()
+    assert hf.config.rope_parameters['rope_type'] == 'yarn' and hf.config.rope_parameters['attention_factor'] == 1.0
+    ids = torch.tensor([tok.encode('你好，世界。Toma lives in Saltport.')])
+    with torch.no_grad(): assert (hf(ids).logits - yarn(ids).logits).abs().max().item() <= 1e-4
+    assert read_gguf(tmp_path / 'mm2.gguf')[0]['llama.rope.scaling.type'] == 'yarn'
+    r = run(EXPORT, pth, '--to', 'hf', '--out', tmp_path / 'plain-hf')            # without the flag: plain RoPE
+    assert r.returncode == 0 and json.loads((tmp_path / 'plain-hf' / 'config.json').read_text())['rope_scaling'] is None
 
 
 def test_cli_end_to_end(tmp_path, tok):

@@ -137,3 +137,49 @@ def test_same_outputs_as_peft(targets):
     assert (ours_logits - theirs_logits).abs().max().item() <= 1e-5
     n_peft = sum(p.numel() for n, p in theirs.named_parameters() if 'lora_' in n)
     assert n_peft == sum(p.numel() for p in ours.parameters() if p.requires_grad)
+
+
+def test_init_from_a_minimind2_pth(tmp_path, data):
+    "--init full_sft_64.pth: MiniMind2's own fp16 state dict (module. prefix, config.json and tokenizer beside it) is the base."
+    from helpers import minimind2_pth
+    from minimind.lora import load_adapter, read_adapter_config
+    from minimind.stage import load_checkpoint_folder
+    pth = minimind2_pth(tmp_path / 'minimind2')
+    out = tmp_path / 'out'
+    r = run(LORA, '--init', pth, '--data', data, '--out', out, '--rank', '4', '--alpha', '8', '--targets', 'q,o', *TINY,
+            cache=tmp_path / 'cache')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert read_adapter_config(out)['base_model'] == str(pth.resolve())
+    base, tok = load_checkpoint_folder(pth)
+    adapted, _ = load_checkpoint_folder(pth, lora=out)
+    ids = torch.tensor([tok.encode('我是MiniMind')])
+    with torch.no_grad(): assert not torch.allclose(base(ids).logits, adapted(ids).logits)
+    r = run(LORA, '--init', tmp_path / 'minimind2' / 'nope.pth', '--data', data, '--out', tmp_path / 'x', *TINY)
+    assert r.returncode != 0 and 'nope.pth: no such file;' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_minimind2_adapter_layout(tmp_path):
+    "lora_*.pth as MiniMind2's model_lora.py writes it: rank from the shapes, scale 1 (alpha = rank), targets from the names; merge_lora gives W + B A."
+    from helpers import minimind2_lora, merge_by_hand
+    from minimind.model import MiniMindForCausalLM
+    from minimind.lora import load_adapter, read_reference_adapter, merge_lora, lora_modules
+    torch.manual_seed(0); model = MiniMindForCausalLM(tiny_config()).eval()
+    adapter = minimind2_lora(tmp_path / 'lora_identity_128.pth', model, rank=6)
+    torch.save({f'module.{k}': v for k, v in adapter.items()}, tmp_path / 'ddp.pth')   # saved from a DDP-wrapped model
+    settings, _ = read_reference_adapter(tmp_path / 'ddp.pth')
+    assert settings == dict(rank=6, alpha=6.0, dropout=0.0, targets=['q', 'o'])
+    ids = torch.randint(0, 6400, (1, 16))
+    torch.manual_seed(0); by_hand = merge_by_hand(MiniMindForCausalLM(tiny_config()).eval(), adapter)
+    torch.manual_seed(0); ours = load_adapter(MiniMindForCausalLM(tiny_config()).eval(), tmp_path / 'ddp.pth')
+    assert len(lora_modules(ours)) == 2 * 2
+    with torch.no_grad():
+        want = by_hand(ids).logits
+        assert (ours(ids).logits - want).abs().max().item() < 1e-5
+        assert (merge_lora(ours)(ids).logits - want).abs().max().item() < 1e-5
+    broken = dict(adapter); broken.pop('model.layers.0.self_attn.q_proj.lora.B.weight')
+    torch.save(broken, tmp_path / 'broken.pth')
+    with pytest.raises(ValueError, match='q_proj has lora.A but not both'): read_reference_adapter(tmp_path / 'broken.pth')
+    torch.save({'x.lora.A.weight': torch.zeros(2, 4), 'x.lora.B.weight': torch.zeros(4, 2), 'evil': Path('/')}, tmp_path / 'evil.pth')
+    with pytest.raises(ValueError, match='not a plain state dict'): read_reference_adapter(tmp_path / 'evil.pth')
+    wider = MiniMindForCausalLM(tiny_config(hidden_size=256))
+    with pytest.raises(ValueError, match='misshaped'): load_adapter(wider, tmp_path / 'lora_identity_128.pth')

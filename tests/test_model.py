@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from minimind.config import MiniMindConfig, fixtures_dir
+from minimind.config import MiniMindConfig, fixtures_dir, enable_yarn, DEFAULT_YARN
 from minimind.model import MiniMindForCausalLM, check_state_dict, load_state_dict_file
 
 torch.set_num_threads(2)
-REFERENCE_MODELS = ['dense_tiny', 'moe_tiny']
+REFERENCE_MODELS = ['dense_tiny', 'moe_tiny', 'yarn_tiny']
+DATA = Path(__file__).parent / 'data'
 
 
 def reference_folder() -> Path:
@@ -94,6 +95,59 @@ def test_reference_round_trip_keeps_layout(name):
         again = MiniMindForCausalLM.from_pretrained(tmp).eval()
     with torch.no_grad():
         assert torch.equal(again(expected['input_ids']).logits, model.eval()(expected['input_ids']).logits)
+
+
+def _yarn_logits_diff(config_dict:dict) -> float:
+    "Max |logits - reference| of yarn_tiny's weights under the config `config_dict` describes."
+    folder = reference_folder()
+    config = MiniMindConfig.from_dict(config_dict)
+    model = MiniMindForCausalLM.from_pretrained(folder / 'yarn_tiny.weights.safetensors', config=config).eval()
+    expected = load_file(str(folder / 'yarn_tiny.expected.safetensors'))
+    with torch.no_grad(): return (model(expected['input_ids']).logits - expected['logits']).abs().max().item()
+
+
+def test_yarn_matches_reference_in_every_config_form():
+    "The reference's YaRN from the flag alone, from transformers 5.0's and 5.24's rope_parameters, and from enable_yarn."
+    import json
+    d = json.loads((reference_folder() / 'yarn_tiny.config.json').read_text())
+    flag_only = {k: v for k, v in d.items() if k != 'rope_scaling'}            # MiniMind2 derives rope_scaling from the flag
+    tf5_0 = {**flag_only, 'rope_parameters': d['rope_scaling']}
+    tf5_24 = {**flag_only, 'rope_parameters': {**d['rope_scaling'], 'rope_type': 'yarn', 'rope_theta': d['rope_theta']}}
+    theta_inside = {k: v for k, v in tf5_24.items() if k != 'rope_theta'}
+    for name, form in [('as published', d), ('flag only', flag_only), ('transformers 5.0', tf5_0),
+                       ('transformers 5.24', tf5_24), ('rope_theta inside', theta_inside)]:
+        diff = _yarn_logits_diff(form)
+        assert diff <= 1e-4, f'{name}: max |logits - reference| = {diff:.2e}'
+    plain = {k: v for k, v in flag_only.items() if k != 'inference_rope_scaling'}
+    switched = enable_yarn(MiniMindConfig.from_dict(plain))                       # what --inference_rope_scaling does
+    assert switched == MiniMindConfig.from_dict(d)
+    assert _yarn_logits_diff(plain) > 1e-2                                       # without YaRN the logits are not the reference's
+    paper = {**d, 'rope_scaling': {**d['rope_scaling'], 'attention_factor': None}}   # the paper's temperature, on request
+    assert _yarn_logits_diff(paper) > 1e-2
+
+
+@pytest.mark.parametrize('version', ['4.57', '5.0', '5.24'])
+def test_transformers_written_configs_load(version):
+    "config.json exactly as the reference's class writes it under each transformers version (YaRN on) reads the same."
+    config = MiniMindConfig.load(DATA / f'minimind2_yarn_config.transformers-{version}.json')
+    assert config == MiniMindConfig.from_preset('minimind2-small', inference_rope_scaling=True)
+    assert config.rope_scaling == DEFAULT_YARN
+
+
+@pytest.mark.parametrize('version', ['4.57', '5.24'])
+def test_full_transformers_configs_load(version):
+    "Written with use_diff=False: every base-class and generation key, and convert_model.py's max_seq_len, are bookkeeping."
+    config = MiniMindConfig.load(DATA / f'minimind2_config.transformers-{version}-full.json')
+    assert config == MiniMindConfig.from_preset('minimind2-small')
+
+
+def test_unknown_architecture_key_is_named(tmp_path):
+    import json
+    d = json.loads((DATA / 'minimind2_yarn_config.transformers-5.24.json').read_text())
+    (tmp_path / 'config.json').write_text(json.dumps({**d, 'qk_norm': True}))
+    with pytest.raises(ValueError, match=r"unknown config keys \['qk_norm'\]"): MiniMindConfig.load(tmp_path)
+    (tmp_path / 'config.json').write_text(json.dumps({**d, 'rope_parameters': {**d['rope_parameters'], 'mscale': 0.7}}))
+    with pytest.raises(ValueError, match=r"unknown keys \['mscale'\]"): MiniMindConfig.load(tmp_path)
 
 
 # ---------------------------------------------------------------- torch.compile

@@ -33,15 +33,15 @@ def tiny_model(seed=0) -> MiniMindForCausalLM:
     return model.eval()
 
 
-@pytest.fixture(scope='module')
-def server(tmp_path_factory):
-    "`minimind_serve` in a subprocess (the console script's code path) with --api-key; yields its base URL."
-    folder = tmp_path_factory.mktemp('tiny')
-    tiny_model().save_pretrained(folder)
+from contextlib import contextmanager
+
+
+@contextmanager
+def serving(*args):
+    "`minimind_serve *args` in a subprocess (the console script's code path) on a free port; yields its base URL and process."
     port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
-    proc = subprocess.Popen([sys.executable, str(CLI), 'minimind.serve:minimind_serve', str(folder), '--port', str(port),
-                             '--api-key', KEY, '--max_request_bytes', '200000', '--max_tokens_limit', '512'],
+    proc = subprocess.Popen([sys.executable, str(CLI), 'minimind.serve:minimind_serve', *map(str, args), '--port', str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
     url = f'http://127.0.0.1:{port}'
     deadline = time.monotonic() + 90
@@ -52,10 +52,19 @@ def server(tmp_path_factory):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill(); pytest.fail(f"minimind_serve did not start:\n{proc.stdout.read()}")
         time.sleep(0.2)
-    yield url
-    proc.terminate()
-    try: proc.wait(10)
-    except subprocess.TimeoutExpired: proc.kill()
+    try: yield url, proc
+    finally:
+        proc.terminate()
+        try: proc.wait(10)
+        except subprocess.TimeoutExpired: proc.kill()
+
+
+@pytest.fixture(scope='module')
+def server(tmp_path_factory):
+    "`minimind_serve` on a fresh tiny model with --api-key; yields its base URL."
+    folder = tmp_path_factory.mktemp('tiny')
+    tiny_model().save_pretrained(folder)
+    with serving(folder, '--api-key', KEY, '--max_request_bytes', '200000', '--max_tokens_limit', '512') as (url, _): yield url
 
 
 def test_help_lists_the_flags(capsys):
@@ -431,3 +440,22 @@ def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit) as exit: run_cli(serve_cli, [str(tmp_path / 'missing'), flag, value])
     err = capsys.readouterr().err
     assert exit.value.code == 2 and err.count('\n') == 1 and flag in err, (exit.value.code, err)
+
+
+def test_minimind2_pth_lora_pth_and_yarn(tmp_path):
+    "minimind_serve full_sft_64.pth --lora lora_identity_64.pth --inference-rope-scaling: MiniMind2's files, W + B A, YaRN on."
+    from minimind.chat import ChatStream
+    from minimind.config import enable_yarn
+    from minimind.stage import checkpoint_tokenizer
+    from helpers import minimind2_pth, minimind2_lora, merge_by_hand
+    pth = minimind2_pth(tmp_path / 'out')
+    config = enable_yarn(MiniMindConfig.load(pth.parent))
+    by_hand = MiniMindForCausalLM(config)
+    by_hand.load_state_dict({k.removeprefix('module.'): v.float() for k, v in torch.load(pth, weights_only=True).items()})
+    merge_by_hand(by_hand.eval(), minimind2_lora(tmp_path / 'lora_identity_64.pth', by_hand))
+    tok = checkpoint_tokenizer(pth.parent)
+    want = ''.join(ChatStream(by_hand, tok, HELLO, 12, temperature=0))
+    with serving(pth, '--lora', tmp_path / 'lora_identity_64.pth', '--inference-rope-scaling') as (url, proc):
+        done = client(url, key='unused').chat.completions.create(model='any', messages=HELLO, temperature=0, max_tokens=12)
+    assert done.choices[0].message.content == want
+    assert 'YaRN on: 16 x 2048 positions' in proc.stdout.read()
