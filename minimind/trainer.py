@@ -8,10 +8,10 @@ Docs: https://minimind-course.github.io/minimind/trainer.html.md"""
 __all__ = ['DTYPE_NAMES', 'TRAINER_FILES', 'TrainConfig', 'lr_at', 'param_groups', 'make_optimizer', 'resolve_dtype', 'DistEnv',
            'init_distributed', 'deepspeed_config', 'TrainingError', 'CheckpointError', 'safe_load', 'rng_state',
            'set_rng_state', 'read_rng_file', 'seed_everything', 'atomic_write_text', 'step_folders',
-           'latest_checkpoint', 'checkpoint_candidates', 'resume_candidates', 'prune_checkpoints', 'clean_stale_temps',
-           'check_out_dir', 'read_weights', 'check_weights_fit', 'unwrap', 'default_loss', 'to_device', 'count_tokens',
-           'NonFiniteLossError', 'NonFiniteGradError', 'MetricsLogger', 'read_metrics', 'Backend', 'PlainBackend',
-           'deepspeed_safe_types', 'DeepSpeedBackend', 'make_backend', 'Trainer']
+           'latest_checkpoint', 'checkpoint_candidates', 'resume_candidates', 'resolve_resume', 'prune_checkpoints',
+           'clean_stale_temps', 'check_out_dir', 'read_weights', 'check_weights_fit', 'unwrap', 'default_loss',
+           'to_device', 'count_tokens', 'NonFiniteLossError', 'NonFiniteGradError', 'MetricsLogger', 'read_metrics',
+           'Backend', 'PlainBackend', 'deepspeed_safe_types', 'DeepSpeedBackend', 'make_backend', 'Trainer']
 
 # %% ../nbs/09_trainer.ipynb #0a1bd058
 import base64, errno, json, math, os, pickle, random, re, shutil, signal, socket, sys, time, warnings
@@ -295,6 +295,11 @@ def resume_candidates(resume, out_dir) -> list:
     found = checkpoint_candidates(path) if path.is_dir() else []
     if not found: raise FlagError(f"--resume {resume}: neither a checkpoint folder (with trainer_state.pt) nor an out_dir with checkpoints")
     return found
+
+def resolve_resume(resume, out_dir) -> Optional[Path]:
+    "The checkpoint `resume` asks for first (the first of `resume_candidates`), or None for a fresh start."
+    found = resume_candidates(resume, out_dir)
+    return found[0] if found else None
 
 def prune_checkpoints(out_dir, newest:Path, keep:int) -> list:
     "Remove step folders newer than `newest` and all but the `keep` newest up to it; the names removed."
