@@ -1,11 +1,13 @@
 """Train a tiny MiniMind on fixed random tokens with `minimind.trainer.Trainer`; launched by tests/test_trainer.py.
 
-Run as `python train_tiny.py --out DIR ...` (one process) or under `torchrun --nproc_per_node 2` (DDP, gloo)."""
-import argparse, time
+Run as `python train_tiny.py --out DIR ...` (one process) or under `torchrun --nproc_per_node 2` (DDP, gloo).
+A `TrainingError` (an expected stop: divergence, a full disk, an unusable checkpoint) is printed as one paragraph on
+stderr, without a traceback, and exits with code 1, as the stage commands do; a `FlagError` (a bad --out) exits with 2."""
+import argparse, sys, time
 import torch
-from minimind.config import MiniMindConfig
+from minimind.config import MiniMindConfig, FlagError
 from minimind.model import MiniMindForCausalLM
-from minimind.trainer import Trainer, TrainConfig, default_loss
+from minimind.trainer import Trainer, TrainConfig, TrainingError, default_loss
 
 class RandomTokens(torch.utils.data.Dataset):
     "n fixed sequences (the same on every rank: seeded): runs start + k*stride of random starts and strides 1-3, learnable in a few steps."
@@ -35,6 +37,8 @@ def main():
     p.add_argument('--resume', action='store_true')
     p.add_argument('--stop_at', type=int, default=0, help='request a clean stop during this step')
     p.add_argument('--nan_at', type=int, default=0, help='make the loss NaN from this optimizer step on')
+    p.add_argument('--nan_grad_at', type=int, default=0, help='keep the loss finite but make its gradient NaN from this optimizer step on')
+    p.add_argument('--nan_grad_for', type=int, default=10**9, help='... for this many steps')
     p.add_argument('--step_delay', type=float, default=0.0, help='seconds to sleep per micro-step (to kill mid-run)')
     p.add_argument('--n', type=int, default=96)
     p.add_argument('--seq_len', type=int, default=32)
@@ -51,12 +55,17 @@ def main():
     def loss_fn(model, batch):
         if a.step_delay: time.sleep(a.step_delay)
         loss, metrics = default_loss(model, batch)
-        if a.nan_at and trainer.step + 1 >= a.nan_at: loss = loss * float('nan')
+        step = trainer.step + 1
+        if a.nan_at and step >= a.nan_at: loss = loss * float('nan')
+        if a.nan_grad_at and a.nan_grad_at <= step < a.nan_grad_at + a.nan_grad_for:
+            loss = loss + (loss * 0).sqrt() * 0  # + 0 to the value; gradient 0 * inf = NaN
         return loss, metrics
     trainer = StopAt(model, RandomTokens(a.n, a.seq_len, 256), cfg, loss_fn=loss_fn,
                      val_ds=RandomTokens(16, a.seq_len, 256, seed=1))
     trainer.stop_at = a.stop_at
-    trainer.fit()
-    print(f"done step={trainer.step} stopped_early={trainer.stopped_early}", flush=True)
+    try: trainer.fit()
+    except FlagError as e: print(f"train_tiny: {e}", file=sys.stderr); sys.exit(2)
+    except TrainingError as e: print(f"train_tiny: {e}", file=sys.stderr); sys.exit(1)
+    print(f"done step={trainer.step} stopped_early={trainer.stopped_early} skipped={trainer.skipped_steps}", flush=True)
 
 if __name__ == '__main__': main()
