@@ -26,7 +26,7 @@ from .corpus import DataError, cache_root, CORPUS_VERSION, default_corpus
 from .tokenizer import MiniMindTokenizer, load_tokenizer
 from .model import MiniMindForCausalLM, WEIGHTS_NAME, load_state_dict_file
 from .datasets import tokenize_to_shards
-from .trainer import Trainer, TrainConfig, init_distributed, default_loss, NonFiniteLossError
+from .trainer import Trainer, TrainConfig, init_distributed, default_loss, TrainingError, check_out_dir
 
 # %% ../nbs/09a_stage.ipynb #23582b2b
 def checkpoint_tokenizer(folder=None, tokenizer=None) -> MiniMindTokenizer:
@@ -162,7 +162,6 @@ class Stage:
     notes = {}                     # this stage's help text for TrainConfig's fields and the shared flags
     skip_flags = ()                # TrainConfig fields (or val_fraction) this stage has no flag for
     save_model = None              # how the Trainer saves the model (None: save_pretrained)
-    expected_errors = ()           # the stage's own errors that mean a stop with a message, not a bug
 
     def __init__(self, cfg:TrainConfig,
                  init:str=None,  # folder of the model to start from (config.json + weights)
@@ -195,8 +194,11 @@ class Stage:
         "Check, open the model and the data, train with the one Trainer, save the tokenizer beside the model; returns the finished Trainer."
         cfg = self.cfg
         self.check()
+        fresh_out = not Path(cfg.out_dir).exists()
+        check_out_dir(cfg.out_dir)           # a file, a path under a file, no permission: one line naming --out, now
         self.tokenizer = checkpoint_tokenizer(self.init, self.tokenizer_source)
         self.env = env = init_distributed(use_deepspeed=cfg.use_deepspeed)  # joined before the data: rank 0 tokenizes first
+        trained = False
         try:
             torch.manual_seed(cfg.seed)                                       # the same initial weights on every rank
             model = self.model()
@@ -213,10 +215,13 @@ class Stage:
                       f"{self.noun}{self.describe(model)}, {env.world_size} process(es), out: {cfg.out_dir}")
             trainer = Trainer(model, train_ds, cfg, loss_fn=self.loss(model), val_ds=val_ds, collate_fn=self.collate(),
                               stage=self.name, save_model=self.save_model).fit()
+            trained = True
             if env.is_main: self.tokenizer.save_pretrained(cfg.out_dir); self.note_skipped(trainer, train_ds)
             return trainer
         finally:
             if env.created_group and dist.is_initialized(): dist.destroy_process_group()
+            if fresh_out and not trained and env.is_main and not any(Path(cfg.out_dir).iterdir()):
+                Path(cfg.out_dir).rmdir()    # stopped before training wrote anything: leave no empty --out behind
 
 # %% ../nbs/09a_stage.ipynb #17d4787a
 def skipped_lines(dataset) -> dict:
@@ -283,7 +288,7 @@ class StageCommand:
         stage, command, start = self.stage(cfg, **flags), f'minimind_{self.stage.name}', time.perf_counter()
         try: trainer = stage.run()
         except FlagError: raise
-        except (DataError, FileNotFoundError, ValueError, ImportError, NonFiniteLossError, *stage.expected_errors) as e:
+        except (DataError, FileNotFoundError, ValueError, ImportError, TrainingError) as e:   # expected stops, said in a line
             raise CliError(f"{command}: {e}") from None   # a message naming the problem, not a traceback
         if int(os.environ.get('RANK', 0)) == 0:
             print(run_summary(trainer, cfg.out_dir, start, stage.output, stage.details) + stage.finish(trainer))
