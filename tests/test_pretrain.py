@@ -110,3 +110,25 @@ def test_tensorboard_and_wandb_logging(tmp_path, data, monkeypatch):
     assert all(abs(tb_loss[s] - jsonl_loss[s]) < 1e-5 for s in tb_loss)
     runs = list((out / 'wandb').glob('offline-run-*/run-*.wandb'))
     assert len(runs) == 1 and runs[0].stat().st_size > 0, list((out / 'wandb').rglob('*'))
+
+
+def test_a_run_killed_mid_save_is_cleaned_up_on_resume(tmp_path, data):
+    "What a kill during a save leaves (temporary files and folders at the top of --out) is removed; the run resumes."
+    out = tmp_path / 'run'
+    r = run(PRETRAIN, '--data', data, '--out', out, *TINY, cache=tmp_path / 'cache')
+    assert r.returncode == 0, r.stderr[-3000:]
+    litter = [out / 'model.safetensors.tmp', out / 'latest.tmp4242', out / 'config.json.tmp']
+    for f in litter: f.write_text('half a file')
+    (out / 'step-0000006.tmp' / 'rng').mkdir(parents=True)
+    r = run(PRETRAIN, '--data', data, '--out', out, *TINY[2:], '--steps', '6', '--resume', cache=tmp_path / 'cache')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not any(f.exists() for f in litter) and not (out / 'step-0000006.tmp').exists()
+    assert (out / 'model.safetensors').is_file() and (out / 'latest').read_text().strip() == 'step-0000006'
+
+
+def test_an_unusable_out_is_one_line_before_any_work(tmp_path, data):
+    (tmp_path / 'a_file').write_text('x')
+    for out in (tmp_path / 'a_file', tmp_path / 'a_file' / 'run'):
+        r = run(PRETRAIN, '--data', data, '--out', out, *TINY, cache=tmp_path / 'cache')
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and '--out' in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / 'cache').exists()                     # nothing was tokenized
