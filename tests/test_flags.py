@@ -53,6 +53,12 @@ def test_every_stage_checks_the_loop_flags(stage, flags, message, tmp_path, caps
     ('minimind.eval', 'eval_cli', ['ckpt', '--max_new_tokens', '-1'], '--max-new-tokens -1: must be at least 1'),
     ('minimind.bench', 'bench_cli', ['--steps', '0'], '--steps 0: must be at least 1'),
     ('minimind.bench', 'bench_cli', ['--device', 'tpu9'], "--device 'tpu9'"),
+    *[('minimind.chat', 'chat_cli', ['missing', flag, value], flag) for flag, value in
+      (('--temperature', '-1'), ('--top-p', '0'), ('--top-p', '1.5'), ('--top-k', '0'), ('--repetition-penalty', '0'),
+       ('--max-new-tokens', '0'), ('--device', 'quantum'))],
+    *[('minimind.serve', 'serve_cli', ['missing', flag, value], flag) for flag, value in
+      (('--port', '99999'), ('--port', '0'), ('--max-concurrent', '0'), ('--threads', '0'), ('--max-tokens-limit', '0'),
+       ('--max-request-bytes', '0'), ('--request-timeout', '0'), ('--device', 'quantum'))],
 ])
 def test_each_command_checks_its_own_flags(module, func, flags, message, capsys):
     code, err = in_process(module, func, flags, capsys)
