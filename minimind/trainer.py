@@ -933,6 +933,7 @@ def fit(self:Trainer) -> 'Trainer':
         if not self.stopped_early:
             self._validate(logger)
             if self.last_checkpoint is None or self.last_checkpoint.name != f'step-{self.step:07d}': self.save_checkpoint()
+        if self.env.distributed: dist.barrier()  # every rank done with its collectives before any tears the group down
     except OSError as e: raise TrainingError(f"{_os_error_text(e)}; {self._last_good()}") from None
     finally:
         if bar is not None: bar.close()
