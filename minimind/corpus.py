@@ -8,15 +8,16 @@ Docs: https://minimind-course.github.io/minimind/corpus.html.md"""
 __all__ = ['TOWNS', 'LANDSCAPES', 'JOBS', 'ANIMALS', 'SYLLABLES', 'RELATIONS', 'TEMPLATES', 'OPS', 'ARITH_ASK', 'ARITH_ANSWER',
            'IDENTITY_ASK', 'IDENTITY_ANSWER', 'RUDE_MARKERS', 'RUDE_REPLIES', 'REFUSALS', 'POLITE_PREFIXES',
            'SYSTEM_PROMPTS', 'FORMATS', 'EOS_TEXT', 'TWO_STEP', 'PRETRAIN_KINDS', 'CORPUS_SIZES', 'REASON_PATTERN',
-           'EVAL_SKILLS', 'CORPUS_VERSION', 'CORPUS_FILES', 'GENERATORS', 'FILE_KINDS', 'ROLES', 'KINDS', 'Entity',
-           'make_names', 'Fact', 'fill', 'ToyWorld', 'world_table', 'state', 'ask', 'cloze', 'Problem', 'can_hold_out',
-           'is_heldout', 'sample_problem', 'worked_steps', 'ask_arith', 'answer_arith', 'is_rude', 'msg', 'fact_qa',
-           'cloze_continuation', 'yesno_statement', 'is_it_true', 'format_qa', 'two_step', 'gen_pretrain',
-           'CorpusConfig', 'rude', 'exchange', 'follow_up', 'gen_sft', 'gen_identity', 'preference_pair', 'gen_dpo',
-           'reasoning_reply', 'reasoning_task', 'gen_reason', 'gen_rl', 'gen_eval_facts', 'gen_eval_arith',
-           'gen_eval_format', 'gen_eval_identity', 'gen_eval_preference', 'mentions', 'names_answer', 'extract_answer',
-           'score_reply', 'lang_of', 'record_text', 'write_jsonl', 'sha256_file', 'expected_counts', 'build_corpus',
-           'cache_root', 'corpus_is_valid', 'default_corpus', 'DataError', 'check_messages', 'check_record',
+           'EVAL_SKILLS', 'CORPUS_VERSION', 'CORPUS_FILES', 'GENERATORS', 'FILE_KINDS', 'ROLES', 'KINDS',
+           'RLAIF_PLACEHOLDERS', 'Entity', 'make_names', 'Fact', 'fill', 'ToyWorld', 'world_table', 'state', 'ask',
+           'cloze', 'Problem', 'can_hold_out', 'is_heldout', 'sample_problem', 'worked_steps', 'ask_arith',
+           'answer_arith', 'is_rude', 'msg', 'fact_qa', 'cloze_continuation', 'yesno_statement', 'is_it_true',
+           'format_qa', 'two_step', 'gen_pretrain', 'CorpusConfig', 'rude', 'exchange', 'follow_up', 'gen_sft',
+           'gen_identity', 'preference_pair', 'gen_dpo', 'reasoning_reply', 'reasoning_task', 'gen_reason', 'gen_rl',
+           'gen_eval_facts', 'gen_eval_arith', 'gen_eval_format', 'gen_eval_identity', 'gen_eval_preference',
+           'mentions', 'names_answer', 'extract_answer', 'score_reply', 'lang_of', 'record_text', 'write_jsonl',
+           'sha256_file', 'expected_counts', 'build_corpus', 'cache_root', 'corpus_is_valid', 'default_corpus',
+           'DataError', 'check_messages', 'check_record', 'is_placeholder', 'rlaif_prompt', 'check_rlaif',
            'ValidationReport', 'read_jsonl', 'validate_file', 'corrupted_sample', 'guess_kind', 'heldout_phrasings',
            'find_leaks', 'corpus_summary', 'format_summary', 'minimind_data']
 
@@ -1018,7 +1019,7 @@ class _Bad(Exception):
 
 # %% ../nbs/01_corpus.ipynb #18f10a7f
 ROLES = ('system', 'user', 'assistant', 'tool')
-KINDS = ('pretrain', 'sft', 'identity', 'dpo', 'reason', 'rl', 'eval')
+KINDS = ('pretrain', 'sft', 'identity', 'dpo', 'reason', 'rl', 'rlaif', 'eval')
 
 def _need(rec, key, typ, what):
     if key not in rec: raise _Bad('missing field', f"missing field '{key}'")
@@ -1066,6 +1067,7 @@ def check_record(rec, kind:str) -> list:
         if not any(m['role'] == 'user' for m in rec['conversations']): raise _Bad('missing field', 'no user message to answer')
         answer = _need(rec, 'answer', (str, int), 'a string')
         if not str(answer).strip(): raise _Bad('empty content', "field 'answer' is empty")
+    elif kind == 'rlaif': check_rlaif(rec)   # below: the prompt before the reply slot, roles by position where absent
     elif kind == 'eval':
         if not _need(rec, 'prompt', str, 'a string').strip(): raise _Bad('empty content', "field 'prompt' is empty")
         if _need(rec, 'skill', str, 'a string') not in EVAL_SKILLS:
@@ -1075,6 +1077,41 @@ def check_record(rec, kind:str) -> list:
     elif kind is not None:
         raise ValueError(f"unknown data kind {kind!r}: expected one of {', '.join(KINDS)}")
     return warnings
+
+# %% ../nbs/01_corpus.ipynb #a929c8ce
+RLAIF_PLACEHOLDERS = ('', 'none', '无')   # what MiniMind's RL files hold in the reply slot (compared stripped, case-folded)
+
+def is_placeholder(content) -> bool:
+    "Whether a turn's `content` is a reply slot's placeholder: missing, empty, 'None' or '无'."
+    return content is None or (isinstance(content, str) and content.strip().casefold() in RLAIF_PLACEHOLDERS)
+
+def rlaif_prompt(turns) -> list:
+    "The prompt messages of an RLAIF record's `conversations`: every turn before the last (the reply slot), roles as written, else by position (even index user, odd assistant). Raises `_Bad`."
+    if not isinstance(turns, list): raise _Bad('wrong type', f"field 'conversations' should be a list of turns, got {type(turns).__name__}")
+    if len(turns) < 2: raise _Bad('missing field', "field 'conversations' needs the prompt's turns and, last, the reply's turn")
+    prompt = []
+    for i, m in enumerate(turns):
+        where = f"conversations[{i + 1}]"
+        if not isinstance(m, dict): raise _Bad('wrong type', f'{where} should be an object, got {type(m).__name__}')
+        role = m.get('role', 'user' if i % 2 == 0 else 'assistant')   # MiniMind2's reader: roles by position
+        if role not in ROLES: raise _Bad('unknown role', f"{where} has unknown role {role!r} (expected one of {', '.join(ROLES)})")
+        content = m.get('content')
+        if content is not None and not isinstance(content, str):
+            raise _Bad('wrong type', f"{where} content should be a string, got {type(content).__name__}")
+        if i == len(turns) - 1:
+            if role != 'assistant':
+                raise _Bad('no assistant turn', f"{where} ({role}) should be the reply slot, an assistant turn (the policy writes it)")
+        elif not (content or '').strip(): raise _Bad('empty content', f"{where} ({role}) has empty content")
+        else: prompt.append(dict(m, role=role))
+    if not any(m['role'] == 'user' for m in prompt): raise _Bad('missing field', 'no user message to answer')
+    return prompt
+
+def check_rlaif(rec:dict):
+    "Raise `_Bad` unless `rec` is an RLAIF record: a `rlaif_prompt`-able `conversations`, and an optional non-empty `answer`."
+    rlaif_prompt(_need(rec, 'conversations', list, 'a list of turns'))
+    if 'answer' in rec and not str(_need(rec, 'answer', (str, int), 'a string')).strip():
+        raise _Bad('empty content', "field 'answer' is empty")
+
 
 # %% ../nbs/01_corpus.ipynb #247df53a
 @dataclass
@@ -1178,6 +1215,9 @@ def guess_kind(path) -> str:
             if 'prompt' in rec and 'skill' in rec: return 'eval'
             if 'chosen' in rec or 'rejected' in rec: return 'dpo'
             if 'conversations' in rec:
+                turns = rec['conversations'] if isinstance(rec['conversations'], list) else []
+                if turns and all(isinstance(m, dict) for m in turns) and (
+                        is_placeholder(turns[-1].get('content')) or any('role' not in m for m in turns)): return 'rlaif'
                 if 'answer' in rec: return 'rl'
                 replies = [m.get('content') or '' for m in rec['conversations'] if isinstance(m, dict) and m.get('role') == 'assistant']
                 return 'reason' if any('<think>' in r for r in replies) else 'sft'
@@ -1241,7 +1281,7 @@ def minimind_data(
     seed:int=0,           # seed of the toy world and of every sampled record
     size:str='default',   # corpus size: tiny, small, default or large
     check:str=None,       # check this JSONL file instead of generating a corpus
-    kind:str=None,        # with --check: pretrain, sft, identity, dpo, reason, rl or eval (default: guessed from the first line)
+    kind:str=None,        # with --check: pretrain, sft, identity, dpo, reason, rl, rlaif or eval (default: guessed from the first line)
     skip:bool=False,      # with --check: skip bad lines and count them by reason instead of stopping at the first
     quiet:bool=False,     # no progress bar
 ):

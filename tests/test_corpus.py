@@ -158,3 +158,21 @@ def test_help_lists_every_flag():
     proc = run_data('--help')
     assert proc.returncode == 0
     for flag in ('--out', '--seed', '--size', '--check', '--kind', '--skip', '--quiet'): assert flag in proc.stdout
+
+
+@pytest.mark.parametrize('name,n', [('rlaif_mini_minimind2.jsonl', 24), ('rlaif_minimind3.jsonl', 20)])
+def test_check_reads_minimind_rlaif_files(name, n):
+    "MiniMind's RL prompt files (an empty, 'None' or '无' reply slot; roles by position where a turn has none) are the rlaif kind."
+    proc = run_data('--check', Path(__file__).parent / 'data' / name, '--quiet')
+    assert proc.returncode == 0, proc.stderr
+    assert f'(rlaif): {n} lines, {n} valid' in proc.stdout, proc.stdout
+
+
+def test_check_rlaif_names_a_record_without_a_reply_slot(tmp_path):
+    path = tmp_path / 'rlaif.jsonl'
+    lines = [{'conversations': [{'role': 'user', 'content': 'q'}, {'role': 'assistant', 'content': ''}]},
+             {'conversations': [{'content': 'q'}, {'content': 'a'}, {'content': 'follow-up'}]}]   # 3rd turn: a user's, by position
+    path.write_text(''.join(json.dumps(r) + '\n' for r in lines), encoding='utf-8')
+    proc = run_data('--check', path, '--quiet')
+    assert proc.returncode == 1
+    assert f'{path}:2: conversations[3] (user) should be the reply slot' in proc.stderr, proc.stderr

@@ -47,6 +47,7 @@ def test_every_stage_checks_the_loop_flags(stage, flags, message, tmp_path, caps
     ('minimind.distill', 'distill_cli', [], '--teacher'),
     ('minimind.grpo', 'grpo_cli', ['--num_generations', '1'], '--num-generations 1: must be at least 2'),
     ('minimind.grpo', 'grpo_cli', ['--top_p', '0'], '--top-p 0.0: must be greater than 0'),
+    ('minimind.grpo', 'grpo_cli', ['--reward', 'format,fluency'], "unknown reward 'fluency'; choose from answer, format, length, repetition"),
     ('minimind.pretrain', 'pretrain_cli', ['--preset', 'huge'], "--preset 'huge': choose one of"),
     ('minimind.sft', 'sft_cli', ['--val_fraction', '0.9'], '--val-fraction 0.9: must be at most 0.5'),
     ('minimind.eval', 'eval_cli', ['ckpt', '--limit', '0'], '--limit 0: must be at least 1'),
