@@ -17,9 +17,9 @@ __all__ = ['TOWNS', 'LANDSCAPES', 'JOBS', 'ANIMALS', 'SYLLABLES', 'RELATIONS', '
            'gen_eval_facts', 'gen_eval_arith', 'gen_eval_format', 'gen_eval_identity', 'gen_eval_preference',
            'mentions', 'names_answer', 'extract_answer', 'score_reply', 'lang_of', 'record_text', 'write_jsonl',
            'sha256_file', 'expected_counts', 'build_corpus', 'cache_root', 'corpus_is_valid', 'default_corpus',
-           'DataError', 'check_messages', 'check_record', 'is_placeholder', 'rlaif_prompt', 'check_rlaif',
-           'ValidationReport', 'read_jsonl', 'validate_file', 'corrupted_sample', 'guess_kind', 'heldout_phrasings',
-           'find_leaks', 'corpus_summary', 'format_summary', 'minimind_data']
+           'DataError', 'check_tool_fields', 'check_messages', 'check_record', 'is_placeholder', 'rlaif_prompt',
+           'check_rlaif', 'ValidationReport', 'read_jsonl', 'validate_file', 'corrupted_sample', 'guess_kind',
+           'heldout_phrasings', 'find_leaks', 'corpus_summary', 'format_summary', 'minimind_data']
 
 # %% ../nbs/01_corpus.ipynb #1dc516b3
 import hashlib, json, os, random, re, shutil, sys, time, zlib
@@ -1017,6 +1017,48 @@ class _Bad(Exception):
     "A schema problem found inside a record (the reader adds file and line)"
     def __init__(self, category, reason): self.category, self.reason = category, reason
 
+# %% ../nbs/01_corpus.ipynb #7b4dbcfa
+def _json_list(value, what:str, category:str) -> list:
+    "`value` as a list: itself, or parsed from JSON text (minimind-3 stores `tools` and `tool_calls` as strings)."
+    if isinstance(value, str):
+        try: value = json.loads(value)
+        except json.JSONDecodeError as e: raise _Bad(category, f"{what} is not valid JSON: {e.msg} (column {e.colno})")
+    if not isinstance(value, list): raise _Bad(category, f"{what} should be a list (or JSON text of one), got {type(value).__name__}")
+    return value
+
+def _named_function(item, what:str, category:str) -> dict:
+    "The function of a tool or a tool call, `{'type': 'function', 'function': {...}}` or the function itself; it must have a name."
+    if not isinstance(item, dict): raise _Bad(category, f"{what} should be an object, got {type(item).__name__}")
+    function = item['function'] if item.get('function') else item   # the template's rule: use `function` when there is one
+    if not isinstance(function, dict): raise _Bad(category, f"{what} 'function' should be an object, got {type(function).__name__}")
+    if not isinstance(function.get('name'), str) or not function['name'].strip(): raise _Bad(category, f"{what} has no function name")
+    return function
+
+def check_tool_fields(m:dict, where:str) -> tuple:
+    "Raise `_Bad` unless message `m`'s tool fields fit the chat template; returns (its tool list, its tool calls), each possibly empty."
+    role, tools = m.get('role'), []
+    listed = [key for key in ('functions', 'tools') if m.get(key)]   # null, "" and [] are no field (as for MiniMind's loaders)
+    if listed and role != 'system': raise _Bad('bad tools', f"{where} ({role}) has '{listed[0]}': only a system turn lists tools")
+    if len(listed) > 1: raise _Bad('bad tools', f"{where} has both 'functions' and 'tools': give the tool list once")
+    if listed:
+        what = f"{where} '{listed[0]}'"
+        tools = _json_list(m[listed[0]], what, 'bad tools')
+        for j, tool in enumerate(tools, 1): _named_function(tool, f"{what}[{j}]", 'bad tools')
+    if not m.get('tool_calls'): return tools, []
+    if role != 'assistant': raise _Bad('bad tool calls', f"{where} ({role}) has 'tool_calls': only an assistant turn calls tools")
+    calls = _json_list(m['tool_calls'], f"{where} 'tool_calls'", 'bad tool calls')
+    for j, call in enumerate(calls, 1):
+        what = f"{where} 'tool_calls'[{j}]"
+        function = _named_function(call, what, 'bad tool calls')
+        if 'arguments' not in function: raise _Bad('bad tool calls', f"{what} has no 'arguments'")
+        arguments = function['arguments']
+        if isinstance(arguments, str):
+            try: arguments = json.loads(arguments)
+            except json.JSONDecodeError as e: raise _Bad('bad tool calls', f"{what} 'arguments' is not valid JSON: {e.msg} (column {e.colno})")
+        if not isinstance(arguments, dict):
+            raise _Bad('bad tool calls', f"{what} 'arguments' should be an object (or JSON text of one), got {type(arguments).__name__}")
+    return tools, calls
+
 # %% ../nbs/01_corpus.ipynb #18f10a7f
 ROLES = ('system', 'user', 'assistant', 'tool')
 KINDS = ('pretrain', 'sft', 'identity', 'dpo', 'reason', 'rl', 'rlaif', 'eval')
@@ -1030,16 +1072,20 @@ def check_messages(messages, field_name:str='conversations') -> None:
     "Raise `_Bad` unless `messages` is a non-empty list of valid {role, content} chat messages"
     if not isinstance(messages, list): raise _Bad('wrong type', f"field '{field_name}' should be a list of messages, got {type(messages).__name__}")
     if not messages: raise _Bad('empty content', f"field '{field_name}' is an empty list")
+    tools_at = None   # where the conversation's tool list is
     for i, m in enumerate(messages, 1):
         where = f"{field_name}[{i}]"
         if not isinstance(m, dict): raise _Bad('wrong type', f'{where} should be an object, got {type(m).__name__}')
         if 'role' not in m: raise _Bad('missing field', f"{where} has no 'role'")
         if m['role'] not in ROLES: raise _Bad('unknown role', f"{where} has unknown role {m['role']!r} (expected one of {', '.join(ROLES)})")
+        tools, calls = check_tool_fields(m, where)
+        if tools and tools_at: raise _Bad('bad tools', f"{where} lists tools again ({tools_at} did): give one tool list per conversation")
+        tools_at = tools_at or (where if tools else None)
         content = m.get('content')
-        if 'content' not in m and not m.get('tool_calls'): raise _Bad('missing field', f"{where} has no 'content'")
+        if 'content' not in m and not calls: raise _Bad('missing field', f"{where} has no 'content'")
         if content is not None and not isinstance(content, str):
             raise _Bad('wrong type', f"{where} content should be a string, got {type(content).__name__}")
-        if not (content or '').strip() and not m.get('tool_calls'):  # an assistant turn may be only tool calls
+        if not (content or '').strip() and not calls and not (tools and content == ''):  # a turn of only tool calls, or only a tool list
             raise _Bad('empty content', f"{where} ({m['role']}) has empty content")
 
 def _need_assistant(messages, field_name='conversations'):

@@ -6,9 +6,9 @@ Docs: https://minimind-course.github.io/minimind/datasets.html.md"""
 
 # %% auto #0
 __all__ = ['LABEL', 'TAG', 'LAYOUTS', 'FORMAT_VERSION', 'TokenStore', 'tokenizer_fingerprint', 'default_cache_dir', 'shard_name',
-           'assistant_header', 'render_with_spans', 'overlaps_spans', 'tokenize_to_shards', 'padding_waste',
-           'split_documents', 'PackedDataset', 'SFTDataset', 'pad_sequences', 'collate_sft', 'encode_chat',
-           'labels_html', 'mask_runs', 'label_runs', 'DPODataset', 'collate_dpo', 'ResumableSampler']
+           'assistant_header', 'render_with_spans', 'overlaps_spans', 'chat_messages', 'tokenize_to_shards',
+           'padding_waste', 'split_documents', 'PackedDataset', 'SFTDataset', 'pad_sequences', 'collate_sft',
+           'encode_chat', 'labels_html', 'mask_runs', 'label_runs', 'DPODataset', 'collate_dpo', 'ResumableSampler']
 
 # %% ../nbs/08_datasets.ipynb #b8c39876
 import hashlib, itertools, json, os, re, shutil, tempfile, time
@@ -27,7 +27,7 @@ from .tokenizer import MiniMindTokenizer, TAG_TOKENS, load_tokenizer, token_byte
 # %% ../nbs/08_datasets.ipynb #14aeb832
 LABEL, TAG = 1, 2   # bit flags of a chat token in flags.bin: the loss sees it; it is part of a reasoning tag
 LAYOUTS = {'pretrain': 'text', 'sft': 'chat', 'identity': 'chat', 'reason': 'chat', 'dpo': 'pair'}  # corpus kind -> shard layout
-FORMAT_VERSION = 2  # part of the cache key: bump it when the layout or the labelling rules change (2: typed tokens are text)
+FORMAT_VERSION = 3  # part of the cache key: bump it when the layout or the labelling rules change (2: typed tokens are text; 3: tools rendered)
 
 def _memmap(path:Path, dtype) -> np.ndarray:
     "Read-only memory map of `path` (an empty array for an empty file, which np.memmap refuses)."
@@ -93,15 +93,15 @@ def assistant_header(tokenizer:MiniMindTokenizer) -> str:
     probe = [{'role': 'user', 'content': 'x'}]
     return tokenizer.apply_chat_template(probe, add_generation_prompt=True)[len(tokenizer.apply_chat_template(probe)):]
 
-def _chat_spans(tokenizer:MiniMindTokenizer, messages:list, header:Optional[str]=None) -> tuple:
+def _chat_spans(tokenizer:MiniMindTokenizer, messages:list, header:Optional[str]=None, tools:Optional[list]=None) -> tuple:
     "`render_with_spans`, and the spans of the added tokens content typed, which are encoded as text (chapter 02's `render_guarded`)."
     eos, header = tokenizer.id_to_token(tokenizer.eos_token_id), header or assistant_header(tokenizer)
-    text, typed = tokenizer.render_guarded(messages)
+    text, typed = tokenizer.render_guarded(messages, tools=tools)
     typed_starts = {start for start, _ in typed}
     prefix_length = {len(messages): len(text)}
     def upto(k):  # length of the text of messages[:k], which must begin the whole text
         if k not in prefix_length:
-            prefix = tokenizer.apply_chat_template(messages[:k])
+            prefix = tokenizer.apply_chat_template(messages[:k], tools=tools)
             if not text.startswith(prefix): raise ValueError("the chat template is not prefix-stable: the text of the first messages does not begin the text of all")
             prefix_length[k] = len(prefix)
         return prefix_length[k]
@@ -117,9 +117,9 @@ def _chat_spans(tokenizer:MiniMindTokenizer, messages:list, header:Optional[str]
         tag_spans += [(m.start(), m.end()) for m in _TAG_PATTERN.finditer(text, start, end) if m.start() not in typed_starts]
     return text, label_spans, tag_spans, typed
 
-def render_with_spans(tokenizer:MiniMindTokenizer, messages:list, header:Optional[str]=None) -> tuple:
-    "Chat text of `messages`, the character spans of each assistant reply with its `<|im_end|>`, and of the reasoning tags in them."
-    return _chat_spans(tokenizer, messages, header)[:3]   # to encode a chat use encode_chat: encode(text) would obey typed markers
+def render_with_spans(tokenizer:MiniMindTokenizer, messages:list, header:Optional[str]=None, tools:Optional[list]=None) -> tuple:
+    "Chat text of `messages` (with `tools`), the character spans of each assistant reply with its `<|im_end|>`, and of the reasoning tags in them."
+    return _chat_spans(tokenizer, messages, header, tools)[:3]   # to encode a chat use encode_chat: encode(text) would obey typed markers
 
 # %% ../nbs/08_datasets.ipynb #51e1fd3f
 def overlaps_spans(starts:np.ndarray, ends:np.ndarray, spans:np.ndarray) -> np.ndarray:
@@ -128,14 +128,31 @@ def overlaps_spans(starts:np.ndarray, ends:np.ndarray, spans:np.ndarray) -> np.n
     last = np.searchsorted(spans[:, 0], ends, side='left') - 1   # last span starting before each range ends
     return (last >= 0) & (spans[np.maximum(last, 0), 1] > starts)
 
+# %% ../nbs/08_datasets.ipynb #de84f8b1
+def _json_value(value):
+    "A list given as JSON text (minimind-3's files) parsed; anything else as it is."
+    return json.loads(value) if isinstance(value, str) else value
+
+def chat_messages(conversations:list) -> tuple:
+    "`(messages, tools)` of a record's `conversations`, for the chat template: MiniMind2's `functions` or minimind-3's `tools` (JSON text) on the system turn as `tools`, `tool_calls` JSON text parsed."
+    messages, tools = [], None
+    for message in conversations:
+        message = dict(message)
+        functions, listed = message.pop('functions', None), message.pop('tools', None)   # MiniMind2's, minimind-3's
+        if message.get('role') == 'system' and (functions or listed): tools = _json_value(functions or listed)
+        if message.get('tool_calls'): message['tool_calls'] = _json_value(message['tool_calls'])
+        messages.append(message)
+    return messages, (tools or None)
+
 # %% ../nbs/08_datasets.ipynb #1bf5d539
 def _prepare(records:list, layout:str, tokenizer:MiniMindTokenizer) -> dict:
     "Texts to encode for a chunk of records, with label/tag/typed spans for chats (a DPO record gives chosen then rejected)."
     if layout == 'text': return dict(texts=[str(record['text']) for record in records])
     conversations = ([record['chosen'], record['rejected']] if layout == 'pair' else [record['conversations']] for record in records)
     texts, label_spans, tag_spans, typed_spans, header = [], [], [], [], assistant_header(tokenizer)
-    for messages in itertools.chain.from_iterable(conversations):
-        text, labels, tags, typed = _chat_spans(tokenizer, messages, header)
+    for conversation in itertools.chain.from_iterable(conversations):
+        messages, tools = chat_messages(conversation)   # the tool list and calls of either file format
+        text, labels, tags, typed = _chat_spans(tokenizer, messages, header, tools)
         texts.append(text); label_spans.append(labels); tag_spans.append(tags); typed_spans.append(typed)
     return dict(texts=texts, label_spans=label_spans, tag_spans=tag_spans, typed_spans=typed_spans)
 

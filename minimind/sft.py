@@ -19,7 +19,7 @@ import torch
 from .corpus import default_corpus, read_jsonl, score_reply, EOS_TEXT
 from .tokenizer import load_tokenizer, MiniMindTokenizer
 from .model import MiniMindForCausalLM
-from .datasets import SFTDataset, collate_sft, labels_html, label_runs
+from .datasets import SFTDataset, chat_messages, collate_sft, labels_html, label_runs
 from .trainer import Trainer, TrainConfig, read_metrics
 from .stage import (Stage, data_path, tokenize_once, left_pad, checkpoint_tokenizer, course_run, recipe_id,
                             recipe_config)
@@ -27,9 +27,9 @@ from .pretrain import course_pretrained
 
 # %% ../nbs/11_sft.ipynb #20e6095b
 def _render_prompt(tokenizer:MiniMindTokenizer, prompt, enable_thinking:Optional[bool]) -> list:
-    "Token ids of one prompt (a user string or a list of messages) ending with the assistant's generation prompt."
-    messages = [dict(role='user', content=prompt)] if isinstance(prompt, str) else list(prompt)
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=enable_thinking, tokenize=True)
+    "Token ids of one prompt (a user string, or messages as a data file holds them) ending with the assistant's generation prompt."
+    messages, tools = ([dict(role='user', content=prompt)], None) if isinstance(prompt, str) else chat_messages(prompt)  # tools as chapter 08 reads them
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=enable_thinking, tools=tools, tokenize=True)
 
 def chat_replies(model, tokenizer:MiniMindTokenizer, prompts:list, max_new_tokens:int=64, batch_size:int=64,
                  enable_thinking:Optional[bool]=None, temperature:float=0.0, top_p:float=1.0) -> list:

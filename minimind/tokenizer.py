@@ -290,7 +290,7 @@ def apply_chat_template(self:MiniMindTokenizer, messages:list, add_generation_pr
     return render_jinja_chat(self.chat_template, messages, **kwargs)
 
 # %% ../nbs/02_tokenizer.ipynb #416d7a9e
-CONTENT_TOKENS = {'assistant': tuple(TAG_TOKENS)}  # role -> added tokens its content may carry; any other typed token is text
+CONTENT_TOKENS = {'assistant': (*TAG_TOKENS, '<tool_call>', '</tool_call>')}  # role -> added tokens its content may carry; any other typed token is text
 _OPEN, _CLOSE = '\ue000', '\ue001'                 # a placeholder is _OPEN + index + _CLOSE (Unicode private-use characters)
 _PLACEHOLDER = re.compile(f'{_OPEN}(\\d+){_CLOSE}')
 

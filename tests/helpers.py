@@ -1,5 +1,5 @@
 "Helpers the test files share: running a console script in a subprocess, a free local port, a fresh tiny model saved to a folder."
-import os, socket, subprocess, sys
+import json, os, socket, subprocess, sys
 from pathlib import Path
 
 import torch
@@ -87,3 +87,20 @@ def merge_by_hand(model, adapter:dict):
             if f'{name}.lora.A.weight' in adapter:
                 m.weight += adapter[f'{name}.lora.B.weight'] @ adapter[f'{name}.lora.A.weight']
     return model
+
+
+def reference_chat_input(conversations:list) -> tuple:
+    """(messages, tools) of a record's `conversations` as MiniMind's loaders hand them to the chat template (the facts,
+    written out independently of the package): MiniMind2 (83e52f6) passes the messages as they are, with
+    `conversations[0]['functions']` as `tools` when the first turn is a system turn that has them; minimind-3 parses a
+    system turn's `tools` and an assistant's `tool_calls` with `json.loads` when they are strings."""
+    first = conversations[0] if conversations else {}
+    if first.get('role') == 'system' and first.get('functions'): return conversations, first['functions']
+    messages, tools = [], None
+    for message in conversations:
+        message = dict(message)
+        if message.get('role') == 'system' and message.get('tools'):
+            tools = json.loads(message['tools']) if isinstance(message['tools'], str) else message['tools']
+        if message.get('tool_calls') and isinstance(message['tool_calls'], str): message['tool_calls'] = json.loads(message['tool_calls'])
+        messages.append(message)
+    return messages, tools

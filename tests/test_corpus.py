@@ -125,6 +125,31 @@ def test_check_skip_counts_by_reason(tmp_path):
         assert f'{bad}:{line}: ' in proc.stdout  # the first problems are listed with their lines
 
 
+TOOL_FILES = {'minimind2': Path(__file__).resolve().parent / 'data' / 'sft_functions_minimind2.jsonl',
+              'minimind3': Path(__file__).resolve().parent / 'data' / 'sft_tools_minimind3.jsonl'}
+
+
+@pytest.mark.parametrize('which', list(TOOL_FILES))
+def test_check_tool_files(tmp_path, which):
+    "Both tool formats pass the check; a tool list or call that is not the template's shape is one line naming file and line."
+    path = TOOL_FILES[which]
+    proc = run_data('--check', path, '--quiet')   # the kind is guessed: sft
+    assert proc.returncode == 0, proc.stderr
+    assert f'{path} (sft): 8 lines, 8 valid' in proc.stdout
+    lines = path.read_text(encoding='utf-8').splitlines()
+    record = json.loads(lines[1])
+    if which == 'minimind2': record['conversations'][0]['functions'] = {'name': 'calculate_math'}   # one object, not a list
+    else: record['conversations'][2]['tool_calls'] = record['conversations'][2]['tool_calls'][:-1]  # cut short: not JSON
+    bad = tmp_path / path.name
+    bad.write_text('\n'.join([lines[0], json.dumps(record, ensure_ascii=False), *lines[2:]]) + '\n', encoding='utf-8')
+    proc = run_data('--check', bad, '--quiet')
+    assert proc.returncode == 1
+    reason = "conversations[1] 'functions' should be a list" if which == 'minimind2' else "conversations[3] 'tool_calls' is not valid JSON"
+    assert proc.stderr.splitlines()[0].startswith(f'{bad}:2: {reason}'), proc.stderr
+    proc = run_data('--check', bad, '--skip', '--quiet')
+    assert proc.returncode == 0 and '8 lines, 7 valid' in proc.stdout, proc.stdout
+
+
 def test_check_skip_with_nothing_valid_fails(tmp_path):
     path = tmp_path / 'all_bad.jsonl'
     path.write_text('not json\n{"text": ""}\n', encoding='utf-8')

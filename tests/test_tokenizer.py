@@ -183,6 +183,75 @@ def test_transformers_loads_and_agrees(which, tmp_path):
                                                     tools=tools) == expected
 
 
+# ------------------------------------------------------------------------------ tools as SFT files store them
+
+DATA = Path(__file__).resolve().parent/'data'
+TOOL_FILES = [DATA/'sft_functions_minimind2.jsonl', DATA/'sft_tools_minimind3.jsonl']
+
+
+def random_tool(rng):
+    function = {'name': rng.choice(['get_weather', 'add', '查询']), 'description': rng.choice(TEXTS),
+                'parameters': {'type': 'object', 'properties': {'city': {'type': 'string', 'description': '城市'}}}}
+    return {'type': 'function', 'function': function} if rng.random() < 0.5 else function
+
+
+def random_file_record(rng, fmt):
+    """The `conversations` of a random record as a file stores it: MiniMind2's (`functions` list on the system turn,
+    calls as lists) or minimind-3's (`tools` and `tool_calls` as JSON text, possibly with string arguments)."""
+    tools = [random_tool(rng) for _ in range(rng.randint(1, 3))]
+    system = {'role': 'system', 'content': rng.choice(TEXTS)}
+    if fmt == 'minimind2': system['functions'] = tools
+    else: system['tools'] = json.dumps(tools, ensure_ascii=False)
+    turns = [m for m in random_messages(rng) if m['role'] != 'system']
+    for m in turns:
+        if fmt == 'minimind3' and 'tool_calls' in m: m['tool_calls'] = json.dumps(m['tool_calls'], ensure_ascii=False)
+    return [system] + turns
+
+
+@pytest.mark.parametrize('fmt', ['minimind2', 'minimind3'])
+@pytest.mark.parametrize('seed', range(10))
+def test_file_records_render_as_the_reference_loaders_do(fmt, seed):
+    "`chat_messages` of a file record, rendered, is MiniMind2's Jinja template on what the reference loader passes it."
+    from helpers import reference_chat_input
+    from minimind.datasets import chat_messages
+    rng = random.Random(seed)
+    for _ in range(10):
+        conversations = random_file_record(rng, fmt)
+        messages, tools = chat_messages(conversations)
+        ref_messages, ref_tools = reference_chat_input(conversations)
+        assert tools == ref_tools and tools
+        for add_generation_prompt in (False, True):
+            expected = jinja_render(MINIMIND2_CHAT_TEMPLATE, ref_messages, add_generation_prompt, None, ref_tools)
+            assert render_chat(messages, add_generation_prompt=add_generation_prompt, tools=tools) == expected, conversations
+            assert '<tools>' in expected and '</tool_call>' in expected or not any(m.get('tool_calls') for m in ref_messages)
+
+
+@pytest.mark.parametrize('which', ['shipped', 'minimind2', 'minimind3'])
+def test_tool_files_render_as_transformers_does(which, tmp_path):
+    "Every record of tests/data's tool files: our text and ids are transformers' on the reference loader's input."
+    transformers = pytest.importorskip('transformers')
+    from helpers import reference_chat_input
+    from minimind.datasets import chat_messages
+    if which == 'shipped': ours = load_tokenizer()
+    else:
+        folder = FIXTURES if which == 'minimind2' else FIXTURES3
+        if not (folder/'tokenizer.json').exists(): pytest.skip('fixtures missing')
+        ours = MiniMindTokenizer.from_pretrained(folder)
+    ours.save_pretrained(tmp_path)
+    hf = transformers.PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
+    n_tools = 0
+    for path in TOOL_FILES:
+        for line in path.read_text(encoding='utf-8').splitlines():
+            conversations = json.loads(line)['conversations']
+            messages, tools = chat_messages(conversations)
+            ref_messages, ref_tools = reference_chat_input(conversations)
+            expected = hf.apply_chat_template(ref_messages, tools=ref_tools, tokenize=False)
+            assert ours.apply_chat_template(messages, tools=tools) == expected
+            assert ours.apply_chat_template(messages, tools=tools, tokenize=True) == hf.encode(expected, add_special_tokens=False)
+            n_tools += bool(tools)
+    assert n_tools >= 12
+
+
 def test_shipped_tokenizer_is_reproducible_from_the_corpus():
     "The shipped files are what training on the current embedded corpus gives (retrain them if the corpus changed)."
     from minimind.tokenizer import default_training_files, iter_training_texts
@@ -272,6 +341,22 @@ def test_assistant_content_keeps_only_the_reasoning_tags(folder):
         for tag, tag_id in tags.items():   # the template's and the assistant's tags are tokens, the user's are text
             assert ids.count(tag_id) == text.count(tag) - (reply.count(tag) if role == 'user' else 0), (role, tag)
         assert tok.decode(ids) == text
+
+
+@pytest.mark.parametrize('folder', guard_tokenizers())
+def test_a_call_typed_in_the_reply_is_the_templates_call(folder):
+    "MiniMind2's data types a call in the reply, minimind-3's gives `tool_calls`: the same ids (minimind-3's tokenizer has <tool_call> tokens)."
+    tok = load_tokenizer(folder)
+    call = {'name': 'get_weather', 'arguments': {'city': '北京'}}
+    typed = '<tool_call>\n' + json.dumps(call, ensure_ascii=False) + '\n</tool_call>'
+    as_text = [{'role': 'user', 'content': '北京天气？'}, {'role': 'assistant', 'content': typed}]
+    as_calls = [{'role': 'user', 'content': '北京天气？'}, {'role': 'assistant', 'content': '', 'tool_calls': [call]}]
+    assert tok.apply_chat_template(as_text) == tok.apply_chat_template(as_calls)
+    assert tok.apply_chat_template(as_text, tokenize=True) == tok.apply_chat_template(as_calls, tokenize=True)
+    typed_by_user = tok.apply_chat_template([{'role': 'user', 'content': typed}], tokenize=True)
+    assert tok.decode(typed_by_user) == tok.apply_chat_template([{'role': 'user', 'content': typed}])
+    if '<tool_call>' in {t.content for t in tok.tokenizer.get_added_tokens_decoder().values()}:
+        assert tok.token_to_id('<tool_call>') not in typed_by_user   # a user's typed call is text
 
 
 def clean_text(rng):
