@@ -83,3 +83,29 @@ def test_bad_flags_give_clear_errors(tmp_path):
     r = run(BENCH, *TINY, '--baseline_attn', 'flash', '--out', tmp_path / 'x.json', timeout=600)
     assert r.returncode != 0 and "'eager' or 'sdpa'" in (r.stdout + r.stderr)
     assert not (tmp_path / 'x.json').exists()
+
+
+def test_data_scale_writes_sized_files_and_their_report(tmp_path):
+    "`--data_scale`: MiniMind-format files of the sizes asked, each tokenized cold, its batch-encode ceiling, a second start."
+    out, work = tmp_path / 'scale.json', tmp_path / 'work'
+    r = run(BENCH, '--data_scale', '--pretrain_mb', '0.5,1', '--sft_mb', '0.5', '--workdir', work, '--preset', 'tiny',
+            '--batch_size', '2', '--seq_len', '64', '--out', out, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [(row['kind'], row['size_mb']) for row in report['rows']] == [('pretrain', 0.5), ('pretrain', 1.0), ('sft', 0.5)]
+    files = {row['file']: row for row in report['rows']}
+    for name, row in files.items():
+        path = work / name
+        size = path.stat().st_size
+        assert row['size_mb'] * 1e6 <= size < row['size_mb'] * 1e6 + 20_000        # the size asked, to within a line
+        first = json.loads(path.open(encoding='utf-8').readline())
+        assert ('text' in first) if row['kind'] == 'pretrain' else isinstance(first['conversations'], list)
+        t = row['tokenize']
+        assert t['file_bytes'] == size and t['tokens'] > t['documents'] > 0 and t['cache_bytes'] > 0 and t['peak_rss_mb'] > 0
+        assert row['ratio'] == pytest.approx(t['mb_per_s'] / row['encode']['mb_per_s'])
+        assert row['load']['train_rows'] > 0 and row['load']['tokens_per_s'] > 0
+    half, one = (files[f'pretrain-seed0-{s}MB.jsonl'] for s in ('0.5', '1'))
+    assert (work / half['file']).read_bytes() == (work / one['file']).read_bytes()[:(work / half['file']).stat().st_size]  # a prefix
+    assert report['need']['preset'] == 'tiny' and report['need']['cpu_tokens_per_s'] > 0
+    table = out.with_suffix('.md').read_text()
+    assert table.startswith('| file | MB | documents |') and table.count('\n| pretrain |') == 2 and table.strip() in r.stdout

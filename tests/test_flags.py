@@ -54,6 +54,8 @@ def test_every_stage_checks_the_loop_flags(stage, flags, message, tmp_path, caps
     ('minimind.eval', 'eval_cli', ['ckpt', '--max_new_tokens', '-1'], '--max-new-tokens -1: must be at least 1'),
     ('minimind.bench', 'bench_cli', ['--steps', '0'], '--steps 0: must be at least 1'),
     ('minimind.bench', 'bench_cli', ['--device', 'tpu9'], "--device 'tpu9'"),
+    ('minimind.bench', 'bench_cli', ['--data_scale', '--pretrain_mb', '100,big'], "--pretrain-mb '100,big'"),
+    ('minimind.bench', 'bench_cli', ['--data_scale', '--sft_mb', '-5'], '--sft-mb -5.0: must be greater than 0'),
     *[('minimind.chat', 'chat_cli', ['missing', flag, value], flag) for flag, value in
       (('--temperature', '-1'), ('--top-p', '0'), ('--top-p', '1.5'), ('--top-k', '0'), ('--repetition-penalty', '0'),
        ('--max-new-tokens', '0'), ('--device', 'quantum'))],
