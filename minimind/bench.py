@@ -27,7 +27,7 @@ from fastcore.script import CliError
 from tqdm import tqdm  # text bars: they also show in the static docs
 
 from .config import MiniMindConfig, count_parameters
-from .corpus import default_corpus, read_jsonl
+from .corpus import cache_root, default_corpus, read_jsonl
 from .tokenizer import MiniMindTokenizer, load_tokenizer
 from .attention import Attention, repeat_kv
 from .model import MiniMindForCausalLM
@@ -659,7 +659,7 @@ def data_at_scale(*, pretrain_mb='100,400,1600', sft_mb='100,400,1200', workdir=
         check_flag(name, value, low=low)
     check_flag('prefix_mb', prefix_mb, low=0, low_open=True)
     MiniMindConfig.from_preset(preset)
-    workdir = Path(workdir) if workdir else Path(os.environ.get('MINIMIND_CACHE', Path.home()/'.cache'/'minimind'))/'scale'
+    workdir = Path(workdir) if workdir else cache_root()/'scale'   # beside the corpus and token caches
     workdir.mkdir(parents=True, exist_ok=True)
     say = print if progress else (lambda *a, **k: None)
     rows, files = [], {}
