@@ -6,8 +6,8 @@ Docs: https://minimind-course.github.io/minimind/distill.html.md"""
 
 # %% auto #0
 __all__ = ['distill_cli', 'minimind_distill', 'COURSE_TEACHER', 'COURSE_DISTILL', 'distill_loss', 'load_teacher',
-           'check_same_vocab', 'DistillLoss', 'Distill', 'distill', 'heldout_ce', 'grow_depth', 'course_teacher',
-           'course_distill']
+           'check_same_vocab', 'DistillLoss', 'Distill', 'distill', 'heldout_nll', 'heldout_ce', 'grow_depth',
+           'course_teacher', 'course_distill']
 
 # %% ../nbs/14_distill.ipynb #65ac2cc5
 import math
@@ -130,18 +130,23 @@ def distill(cfg:TrainConfig, init, teacher=None, data=None, **options) -> Traine
     return Distill(cfg, init=init, teacher=teacher, data=data, **options).run()
 
 # %% ../nbs/14_distill.ipynb #c91cb785
-def heldout_ce(model, dataset, batch_size:int=32, max_rows:Optional[int]=None) -> float:
-    "Mean next-token cross-entropy over the label tokens of `dataset` (SFT rows), token-weighted."
+def heldout_nll(model, dataset, batch_size:int=32, max_rows:Optional[int]=None) -> tuple:
+    "`(nll, tokens)`: per row of `dataset` (SFT rows), the summed next-token cross-entropy of its label tokens and their count."
     model.eval(); device = next(model.parameters()).device
     rows = range(len(dataset) if max_rows is None else min(max_rows, len(dataset)))
-    total, count = 0.0, 0
+    nll, tokens = [], []
     for i in range(0, len(rows), batch_size):
         batch = collate_sft([dataset[j] for j in rows[i:i + batch_size]])
         with torch.no_grad(): logits = model(batch['input_ids'].to(device), attention_mask=batch['attention_mask'].to(device)).logits
         targets = batch['labels'][:, 1:].to(device)                       # (B, T-1) the model shifts
-        keep = targets != -100
-        total += F.cross_entropy(logits[:, :-1][keep].float(), targets[keep], reduction='sum').item(); count += int(keep.sum())
-    return total / max(count, 1)
+        per_token = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction='none')
+        nll += per_token.sum(1).tolist(); tokens += (targets != -100).sum(1).tolist()
+    return nll, tokens
+
+def heldout_ce(model, dataset, batch_size:int=32, max_rows:Optional[int]=None) -> float:
+    "Mean next-token cross-entropy over the label tokens of `dataset` (SFT rows), token-weighted."
+    nll, tokens = heldout_nll(model, dataset, batch_size, max_rows)
+    return sum(nll) / max(sum(tokens), 1)
 
 # %% ../nbs/14_distill.ipynb #d4f684df
 distill_cli = Distill.command()

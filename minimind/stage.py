@@ -7,11 +7,12 @@ Docs: https://minimind-course.github.io/minimind/stage.html.md"""
 # %% auto #0
 __all__ = ['CHECKPOINT_HINT', 'FOLDER_WEIGHTS', 'WEIGHT_SUFFIXES', 'NOT_FLAGS', 'SHARED_FLAGS', 'checkpoint_tokenizer',
            'resolve_device', 'minimind2_preset', 'load_checkpoint_folder', 'left_pad', 'data_path', 'tokenize_once',
-           'train_flags', 'Stage', 'skipped_lines', 'run_summary', 'StageCommand', 'course_run', 'recipe_id',
-           'recipe_config']
+           'train_flags', 'Stage', 'skipped_lines', 'run_summary', 'StageCommand', 'course_threads', 'course_settings',
+           'course_recipe', 'course_run', 'recipe_id', 'recipe_config']
 
 # %% ../nbs/09a_stage.ipynb #c19b7bcf
 import fcntl, hashlib, json, os, pickle, shutil, time
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Optional
@@ -26,7 +27,7 @@ from .corpus import DataError, cache_root, CORPUS_VERSION, default_corpus
 from .tokenizer import MiniMindTokenizer, load_tokenizer
 from .model import MiniMindForCausalLM, WEIGHTS_NAME, load_state_dict_file
 from .datasets import tokenize_to_shards
-from .trainer import Trainer, TrainConfig, init_distributed, default_loss, TrainingError, check_out_dir
+from .trainer import Trainer, TrainConfig, init_distributed, default_loss, TrainingError, check_out_dir, checkpoint_candidates
 
 # %% ../nbs/09a_stage.ipynb #23582b2b
 def checkpoint_tokenizer(folder=None, tokenizer=None) -> MiniMindTokenizer:
@@ -304,20 +305,59 @@ def _command(cls) -> StageCommand:
 Stage.command = classmethod(_command)
 
 # %% ../nbs/09a_stage.ipynb #6f0f3dbd
+_COURSE = dict(scale=1.0, progress=True)   # what `course_settings` sets for every course recipe
+
+def course_threads() -> int:
+    "The CPU threads every course stage trains with: `MINIMIND_THREADS`, else the machine's cores up to 4."
+    env = os.environ.get('MINIMIND_THREADS', '').strip()
+    if env:
+        if not env.isdigit() or int(env) < 1: raise FlagError(f"MINIMIND_THREADS={env!r}: give a whole number of threads, 1 or more")
+        return int(env)
+    return max(1, min(4, os.cpu_count() or 1))
+
+@contextmanager
+def course_settings(scale:float=1.0, progress:bool=True):
+    "Within the block, every course recipe's steps (and eval/save/log intervals) are multiplied by `scale` (at least 1 each); `progress`: the stages' bars."
+    if not 0 < scale <= 1: raise FlagError(f"--scale {scale}: give a share of the recipes' steps, above 0 and at most 1")
+    before = dict(_COURSE); _COURSE.update(scale=scale, progress=progress)
+    try: yield
+    finally: _COURSE.clear(); _COURSE.update(before)
+
+def _scaled(n:int) -> int: return n if _COURSE['scale'] == 1 or not n else max(1, round(n * _COURSE['scale']))
+
+def course_recipe(recipe:dict) -> dict:
+    "The recipe `course_run` keys a stage by: `recipe` with the corpus version, threads, torch version and the steps scale."
+    extra = dict(corpus_version=CORPUS_VERSION, threads=course_threads(), torch=torch.__version__.split('+')[0])
+    if _COURSE['scale'] != 1: extra['scale'] = _COURSE['scale']
+    return json.loads(json.dumps(dict(recipe, **extra), sort_keys=True, default=str))
+
+def _read_json(path):
+    try: return json.loads(Path(path).read_text())
+    except (OSError, ValueError): return None
+
+def _write_json(path, value):
+    tmp = Path(path).with_suffix('.partial'); tmp.write_text(json.dumps(value, indent=1, sort_keys=True)); os.replace(tmp, path)
+
 def course_run(name:str, recipe:dict, train, root=None) -> Path:
-    "The folder of the course stage `name`: `train(folder)` runs once per `recipe` (cached, locked), then the folder is reused."
+    "The folder of the course stage `name`: `train(folder)` runs once per `recipe` (cached, locked, resumed), then the folder is reused."
     root = Path(root) if root else cache_root() / 'course'
-    out = root / name; marker = out / 'course_run.json'
-    wanted = json.loads(json.dumps(dict(recipe, corpus_version=CORPUS_VERSION), sort_keys=True, default=str))
+    out = root / name; marker, started = out / 'course_run.json', out / 'course_run.started.json'
+    wanted = course_recipe(recipe)
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f'.{name}.lock', 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits here, then finds the finished run
         try:
-            if marker.exists() and json.loads(marker.read_text()) == wanted: return out
-            if out.exists(): shutil.rmtree(out)  # a stale or half-finished run: start clean
-            train(out)
-            tmp = marker.with_suffix('.partial'); tmp.write_text(json.dumps(wanted, indent=1, sort_keys=True))
-            os.replace(tmp, marker)  # the marker is written last: its presence means the run completed
+            if _read_json(marker) == wanted: return out
+            if out.exists() and _read_json(started) != wanted: shutil.rmtree(out)  # another recipe's run: start clean
+            elif out.exists(): print(f"course stage {name}: resuming the stopped run in {out}", flush=True)
+            out.mkdir(parents=True, exist_ok=True); _write_json(started, wanted)  # same recipe, stopped midway: resume
+            threads, stops = torch.get_num_threads(), Trainer.early_stops
+            torch.set_num_threads(wanted['threads'])
+            try: train(out)
+            finally: torch.set_num_threads(threads)
+            if Trainer.early_stops != stops:  # SIGTERM: the trainer saved and returned early; not done, resumable
+                raise TrainingError(f"course stage {name} stopped before its last step; {out} keeps its checkpoints and the next run resumes from them")
+            _write_json(marker, wanted)  # the marker is written last: its presence means the run completed
             return out
         finally: fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -326,6 +366,9 @@ def recipe_id(folder) -> str:
     return hashlib.sha1((Path(folder) / 'course_run.json').read_bytes()).hexdigest()[:12]
 
 def recipe_config(out, recipe:dict, **settings) -> TrainConfig:
-    "The `TrainConfig` of a course recipe: its entries that are `TrainConfig` fields, `out_dir=out`, then `settings`."
+    "The `TrainConfig` of a course recipe: its `TrainConfig` fields, `out_dir=out`, `settings`; resuming when `out` holds a checkpoint."
     known = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{**{k: v for k, v in recipe.items() if k in known}, 'out_dir': str(out), **settings})
+    values = {**{k: v for k, v in recipe.items() if k in known}, 'out_dir': str(out), 'progress': _COURSE['progress'], **settings}
+    for k in ('steps', 'eval_every', 'save_every', 'log_every'):
+        if k in values: values[k] = _scaled(values[k])
+    return TrainConfig(**values, resume=bool(checkpoint_candidates(out)))

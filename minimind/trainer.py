@@ -609,6 +609,7 @@ def make_backend(cfg:TrainConfig, env:DistEnv, dtype:torch.dtype) -> Backend:
 # %% ../nbs/09_trainer.ipynb #7ad9b189
 class Trainer:
     "Trains `model` on `train_ds` with `loss_fn(model, batch) -> (loss, metrics)`; one loop for every stage."
+    early_stops = 0         # runs of this process stopped by SIGTERM before their last step (a course cache must not take them as done)
     max_skips_in_a_row = 5  # steps with a NaN/inf gradient norm skipped in a row before the run stops (float16 overflows not counted)
 
     def __init__(self, model:nn.Module, train_ds, cfg:TrainConfig, loss_fn:Callable=None, val_ds=None,
@@ -926,7 +927,7 @@ def fit(self:Trainer) -> 'Trainer':
                 logger.log(record)
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps: self._validate(logger)
             if stop:
-                self.save_checkpoint(); self.stopped_early = True
+                self.save_checkpoint(); self.stopped_early = True; Trainer.early_stops += 1  # callers that cache runs check it
                 if self.env.is_main: bar.write(f"stop requested (SIGTERM): saved {self.last_checkpoint} at step {self.step}; exiting")
                 break
             if self.step % cfg.save_every == 0 and self.step < self.total_steps: self.save_checkpoint()

@@ -95,6 +95,8 @@ def notebook_to_markdown(nb: dict, nb_dir: str = "nbs") -> str:
                     continue
                 kind, text = got
                 text = ANSI.sub("", text).rstrip("\n")
+                if kind == "markdown":  # a generated table's links are written beside the notebook too
+                    text = LINK.sub(lambda m: m.group(1) + fix_link(m.group(2), nb_dir) + m.group(3), text)
                 parts.append(text if kind == "markdown" else f"```\n{text}\n```")
     return "\n\n".join(p for p in parts if p.strip()) + "\n"
 
