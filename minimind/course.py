@@ -7,9 +7,9 @@ Docs: https://minimind-course.github.io/minimind/course.html.md"""
 # %% auto #0
 __all__ = ['STAGES', 'RESULTS', 'PARENTS', 'CHAPTERS', 'paired_effect', 'CourseStage', 'measure_pretrain', 'measure_sft',
            'measure_lora', 'measure_dpo', 'measure_distill', 'measure_reason', 'measure_grpo', 'course_checkpoints',
-           'effect_text', 'run_course', 'effect_failures', 'reproduction_failures', 'is_share', 'value_text',
+           'is_share', 'effect_text', 'run_course', 'effect_failures', 'reproduction_failures', 'value_text',
            'change_text', 'stage_table', 'timing_text', 'eval_table', 'course_results', 'chapter_note', 'metric',
-           'plot_course', 'minimind_course']
+           'plot_course', 'minimind_course', 'rounding_table']
 
 # %% ../nbs/20_course.ipynb #a88fcb29
 import json, math, os, platform, sys, tempfile, time
@@ -157,13 +157,15 @@ def course_checkpoints(folders:dict, scratch) -> dict:
             'teacher (8 layers)': folders['teacher'], 'student, CE alone': folders['distill'] / 'ce',
             'student, distilled': folders['distill'] / 'distill', 'reason': folders['reason'], 'grpo': folders['grpo']}
 
+def is_share(m:dict) -> bool: return not m['label'].startswith('held-out CE') and 'loss' not in m['label']
+
 def effect_text(m:dict) -> str:
-    "`0.0% -> 16.4% (+16.4 ± 2.1 points)` for a share, `1.295 -> 1.232 (-0.063 ± 0.006)` for a loss."
-    share = m.get('n') is not None and all(0 <= m[k] <= 1 for k in ('before', 'after')) and 'CE' not in m['label']
+    "`0.0% -> 16.4% (+16.4 ± 4.2 points)` for a share, `1.295 -> 1.232 (-0.063 ± 0.012)` for a loss: the change ± 2 standard errors."
+    share = m.get('n') is not None and is_share(m)
     if share:
-        se = '' if m['se'] is None else f" ± {100 * m['se']:.1f}"
+        se = '' if m['se'] is None else f" ± {200 * m['se']:.1f}"
         return f"{m['before']:.1%} -> {m['after']:.1%} ({100 * m['delta']:+.1f}{se} points)"
-    se = '' if m['se'] is None else f" ± {m['se']:.3f}"
+    se = '' if m['se'] is None else f" ± {2 * m['se']:.3f}"
     return f"{m['before']:.3f} -> {m['after']:.3f} ({m['delta']:+.3f}{se})"
 
 def run_course(root=None, scale:float=1.0, limit:Optional[int]=None, eval_limit:int=100, progress:bool=True,
@@ -233,8 +235,6 @@ def reproduction_failures(res:dict, reference:dict, tolerance:float=0.0) -> list
     return out
 
 # %% ../nbs/20_course.ipynb #a9b3668e
-def is_share(m:dict) -> bool: return 'CE' not in m['label'] and 'loss' not in m['label']
-
 def value_text(m:dict, key:str) -> str:
     "A metric's `before` or `after` as the tables print it: a share in percent, a loss to 3 decimals."
     return f"{m[key]:.1%}" if is_share(m) else f"{m[key]:.3f}"
@@ -250,7 +250,7 @@ def stage_table(res:dict) -> str:
     lines = ['| stage | what it is for | held-out measure | before | after | change (± 2 SE) | chapter |', '|---|---|---|---|---|---|---|']
     for name, st in res['stages'].items():
         ms = list(st['metrics'].values())
-        cell = lambda f: '; '.join(f(m) for m in ms)
+        cell = lambda f: '; '.join(f(m) for m in ms).replace('<', '&lt;')   # `<think>` is text, not a tag
         lines.append(f"| {name} | {st['purpose']} | {cell(lambda m: m['label'])} | {cell(lambda m: value_text(m, 'before'))} | "
                      f"{cell(lambda m: value_text(m, 'after'))} | {cell(change_text)} | [{st['chapter']}]({CHAPTERS[st['chapter']]}) |")
     return '\n'.join(lines)
@@ -268,7 +268,7 @@ def eval_table(res:dict) -> str:
 
 def course_results(path=None) -> dict:
     "The committed results of the course run (`nbs/results/course.json`), read from a chapter's folder or the repository's root."
-    for p in ([Path(path)] if path else [RESULTS, Path('nbs') / RESULTS, Path(__file__).resolve().parent.parent / 'nbs' / RESULTS]):
+    for p in ([Path(path)] if path else [RESULTS, Path('nbs') / RESULTS, Path(sys.modules['minimind'].__file__).resolve().parent.parent / 'nbs' / RESULTS]):
         if p.is_file(): return json.loads(p.read_text(encoding='utf-8'))
     raise FileNotFoundError(f"{path or RESULTS}: no course results; `minimind_course --out nbs/results/course.json` writes them")
 
@@ -347,3 +347,18 @@ def minimind_course(
     if reference is not None: problems += reproduction_failures(res, reference, tolerance)
     if problems: raise CliError('minimind_course: ' + '\n'.join(problems))
     if reference is not None: print(f"every number of {check} reproduced (tolerance {tolerance:g})")
+
+# %% ../nbs/20_course.ipynb #d258fd72
+def rounding_table(res:dict, other:dict) -> str:
+    "Each metric of the stages both runs hold, in both, and their difference in standard errors of the change."
+    lines = [f"| stage | measure | {res['threads']} threads | {other['threads']} thread(s) | difference | in SEs |", '|---|---|---:|---:|---:|---:|']
+    for name, st in other['stages'].items():
+        for key, m in st['metrics'].items():
+            a = res['stages'][name]['metrics'][key]
+            diff = m['after'] - a['after']
+            in_se = f"{abs(diff) / a['se']:.1f}" if a.get('se') else '-'
+            lines.append(f"| {name} | {m['label']} | {value_text(a, 'after')} | {value_text(m, 'after')} | "
+                         f"{100 * diff:+.1f} points |" if is_share(m) else f"| {name} | {m['label']} | {value_text(a, 'after')} | "
+                         f"{value_text(m, 'after')} | {diff:+.3f} |")
+            lines[-1] += f" {in_se} |"
+    return '\n'.join(lines)
