@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from .config import MiniMindConfig
 from .rope import apply_rotary, precompute_rope
+from .norm import RMSNorm
 
 # %% ../nbs/05_attention.ipynb #57c1c739
 def repeat_kv(x:torch.Tensor, n_rep:int) -> torch.Tensor:
@@ -46,7 +47,7 @@ def attention_weights(q:torch.Tensor, k:torch.Tensor, mask:Optional[torch.Tensor
 
 # %% ../nbs/05_attention.ipynb #44f1db00
 class Attention(nn.Module):
-    "Causal multi-head self-attention with grouped-query heads, RoPE, an optional KV cache, and SDPA or explicit softmax."
+    "Causal multi-head self-attention with grouped-query heads, RoPE, optional QK-norm (minimind-3), an optional KV cache, and SDPA or explicit softmax."
     def __init__(self, config:MiniMindConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
@@ -59,6 +60,10 @@ class Attention(nn.Module):
         self.attn_dropout, self.resid_dropout = nn.Dropout(config.dropout), nn.Dropout(config.dropout)
         self.dropout = config.dropout
         self.flash = config.flash_attn
+        self.qk_norm = bool(config.qk_norm)                           # minimind-3: RMSNorm per head on q and k
+        if self.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)  # one gain of width hd, shared by every head
+            self.k_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
 
     def project(self, x, position_embeddings):
         "Rotated queries (B, T, Hq, hd), rotated keys and values (B, T, Hkv, hd) of `x` (B, T, d)."
@@ -66,6 +71,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.qk_norm: q, k = self.q_norm(q), self.k_norm(k)        # each head's vector to RMS 1, before RoPE
         q, k = apply_rotary(q, k, *position_embeddings)               # positions enter here, and only here
         return q, k, v
 

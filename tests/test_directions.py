@@ -9,7 +9,6 @@ sends no gradient to the predictions at prompt positions and one step raises the
 
 Every update here is plain SGD without weight decay, so a change can only come from the loss's gradient."""
 import json, math
-from pathlib import Path
 
 import pytest
 import torch

@@ -12,23 +12,28 @@ from minimind.config import MiniMindConfig, fixtures_dir, enable_yarn, DEFAULT_Y
 from minimind.model import MiniMindForCausalLM, check_state_dict, load_state_dict_file
 
 torch.set_num_threads(2)
-REFERENCE_MODELS = ['dense_tiny', 'moe_tiny', 'yarn_tiny']
+REFERENCE_MODELS = [f'{gen}/{name}' for gen in ('minimind2', 'minimind3') for name in ('dense_tiny', 'moe_tiny', 'yarn_tiny')]
 DATA = Path(__file__).parent / 'data'
 
 
-def reference_folder() -> Path:
-    "The MiniMind2 fixtures folder; skip when absent (an error when $MINIMIND_REQUIRE_FIXTURES is set)."
+def reference_folder(generation:str='minimind2') -> Path:
+    "The fixtures folder of one generation (minimind2, minimind3); skip when absent (an error when $MINIMIND_REQUIRE_FIXTURES is set)."
     found = fixtures_dir()  # raises FileNotFoundError when required and missing
     if found is None: pytest.skip('reference fixtures not found (set $MINIMIND_FIXTURES, or $MINIMIND_REQUIRE_FIXTURES to fail)')
-    return found / 'minimind2'
+    return found / generation
+
+
+def reference_file(name:str, kind:str) -> Path:
+    "`generation/model` and `config`, `weights` or `expected` -> its fixture file."
+    generation, model = name.split('/')
+    return reference_folder(generation) / (f'{model}.{kind}.' + ('json' if kind == 'config' else 'safetensors'))
 
 
 def load_reference(name):
-    "Our model with the reference weights `name`, its config, and the reference outputs."
-    folder = reference_folder()
-    config = MiniMindConfig.load(folder / f'{name}.config.json')
-    model = MiniMindForCausalLM.from_pretrained(folder / f'{name}.weights.safetensors', config=config)
-    return model, config, load_file(str(folder / f'{name}.expected.safetensors'))
+    "Our model with the reference weights `name` (`generation/model`), its config, and the reference outputs."
+    config = MiniMindConfig.load(reference_file(name, 'config'))
+    model = MiniMindForCausalLM.from_pretrained(reference_file(name, 'weights'), config=config)
+    return model, config, load_file(str(reference_file(name, 'expected')))
 
 
 def tiny_config(**overrides) -> MiniMindConfig:
@@ -86,7 +91,7 @@ def test_greedy_matches_reference(name):
 def test_reference_round_trip_keeps_layout(name):
     "save_pretrained writes exactly the reference's key names and shapes (no lm_head), and reloads to equal logits."
     model, config, expected = load_reference(name)
-    reference_keys = load_file(str(reference_folder() / f'{name}.weights.safetensors'))
+    reference_keys = load_file(str(reference_file(name, 'weights')))
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         saved = load_file(str(Path(tmp) / 'model.safetensors'))
@@ -144,8 +149,8 @@ def test_full_transformers_configs_load(version):
 def test_unknown_architecture_key_is_named(tmp_path):
     import json
     d = json.loads((DATA / 'minimind2_yarn_config.transformers-5.24.json').read_text())
-    (tmp_path / 'config.json').write_text(json.dumps({**d, 'qk_norm': True}))
-    with pytest.raises(ValueError, match=r"unknown config keys \['qk_norm'\]"): MiniMindConfig.load(tmp_path)
+    (tmp_path / 'config.json').write_text(json.dumps({**d, 'sliding_window': 4096}))
+    with pytest.raises(ValueError, match=r"unknown config keys \['sliding_window'\]"): MiniMindConfig.load(tmp_path)
     (tmp_path / 'config.json').write_text(json.dumps({**d, 'rope_parameters': {**d['rope_parameters'], 'mscale': 0.7}}))
     with pytest.raises(ValueError, match=r"unknown keys \['mscale'\]"): MiniMindConfig.load(tmp_path)
 
