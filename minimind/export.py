@@ -8,8 +8,9 @@ Docs: https://minimind-course.github.io/minimind/export.html.md"""
 __all__ = ['require', 'effective_rope_scaling', 'yarn_ramp_mismatch', 'hf_rope_parameters', 'hf_rope_scaling', 'llama_config',
            'granite_exact', 'granite_config', 'hf_config', 'hf_state_dict', 'save_hf_tokenizer', 'generation_config',
            'model_and_tokenizer', 'write_whole', 'to_hf', 'minimind_config_from_hf', 'read_safetensors_folder',
-           'from_hf', 'permute_for_gguf', 'unpermute_from_gguf', 'gguf_tensors', 'gguf_vocab', 'gguf_rope_scaling',
-           'to_gguf', 'read_gguf', 'gguf_forward', 'check_export', 'export_cli', 'minimind_export']
+           'from_hf', 'qwen3_config', 'qwen3_fields', 'permute_for_gguf', 'unpermute_from_gguf', 'gguf_tensors',
+           'gguf_vocab', 'gguf_rope_scaling', 'to_gguf', 'read_gguf', 'gguf_forward', 'check_export', 'export_cli',
+           'minimind_export']
 
 # %% ../nbs/17_export.ipynb #66bfddea
 import json, math, os, shutil
@@ -124,7 +125,8 @@ def granite_config(config:MiniMindConfig, dtype:torch.dtype=torch.float32) -> di
                 router_aux_loss_coef=config.aux_loss_alpha, output_router_logits=False)
 
 def hf_config(config:MiniMindConfig, dtype:torch.dtype=torch.float32) -> dict:
-    "The transformers `config.json` for `config`: Llama when dense, GraniteMoeShared when MoE."
+    "The transformers `config.json` for `config`: with QK-norm (minimind-3) Qwen3 or Qwen3-MoE (below); else Llama when dense, GraniteMoeShared when MoE."
+    if config.qk_norm: return qwen3_config(config, dtype)
     return granite_config(config, dtype) if config.use_moe else llama_config(config, dtype)
 
 # %% ../nbs/17_export.ipynb #8c3cf405
@@ -145,11 +147,11 @@ def _moe_layer_to_granite(state:dict, prefix:str, n_routed:int, n_shared:int) ->
     return out
 
 def hf_state_dict(model:MiniMindForCausalLM, dtype:Optional[torch.dtype]=None) -> dict:
-    "`model`'s weights under the names of its transformers architecture (Llama or GraniteMoeShared), contiguous, on CPU."
+    "`model`'s weights under the names of its transformers architecture (Llama, GraniteMoeShared, Qwen3 or Qwen3-MoE), contiguous, on CPU."
     config = model.config
     state = {k: v.detach().to('cpu', dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
     if config.tie_word_embeddings: state.pop('lm_head.weight')   # transformers re-ties it from the embedding
-    if not config.use_moe: return state                           # Llama's names already
+    if not config.use_moe or config.qk_norm: return state         # Llama's, Qwen3's and Qwen3-MoE's names already
     for i in range(config.num_hidden_layers):
         state.update(_moe_layer_to_granite(state, f'model.layers.{i}.', config.n_routed_experts, config.n_shared_experts))
     return {k: v.contiguous() for k, v in state.items()}
@@ -213,17 +215,17 @@ def to_hf(source:Union[MiniMindForCausalLM, str, Path], out:Union[str, Path], to
 
 # %% ../nbs/17_export.ipynb #5d71444d
 def minimind_config_from_hf(d:dict) -> MiniMindConfig:
-    "The `MiniMindConfig` of a transformers `config.json` dict (Llama or GraniteMoeShared), or a ValueError naming what does not fit."
+    "The `MiniMindConfig` of a transformers `config.json` dict (Llama, GraniteMoeShared, Qwen3 or Qwen3-MoE), or a ValueError naming what does not fit."
     kind = d.get('model_type')
-    if kind not in ('llama', 'granitemoeshared'):
-        raise ValueError(f"model_type {kind!r}: only 'llama' (dense) and 'granitemoeshared' (MoE) folders import into MiniMind")
+    if kind not in ('llama', 'granitemoeshared', 'qwen3', 'qwen3_moe'):
+        raise ValueError(f"model_type {kind!r}: only 'llama', 'qwen3' (dense), 'granitemoeshared' and 'qwen3_moe' (MoE) folders import into MiniMind")
     heads, hidden = d['num_attention_heads'], d['hidden_size']
     problems = [f"{name}={d.get(name)!r}" for name, ok in [
         ('hidden_act', d.get('hidden_act', 'silu') == 'silu'), ('attention_bias', not d.get('attention_bias')),
-        ('mlp_bias', not d.get('mlp_bias')), ('head_dim', d.get('head_dim') in (None, hidden // heads)),
+        ('mlp_bias', not d.get('mlp_bias')), ('head_dim', kind.startswith('qwen3') or d.get('head_dim') in (None, hidden // heads)),
         ('embedding_multiplier', d.get('embedding_multiplier', 1.0) == 1.0), ('residual_multiplier', d.get('residual_multiplier', 1.0) == 1.0),
         ('logits_scaling', d.get('logits_scaling', 1.0) == 1.0),
-        ('attention_multiplier', kind == 'llama' or math.isclose(d.get('attention_multiplier', 1.0), (hidden // heads) ** -0.5, rel_tol=1e-6))] if not ok]
+        ('attention_multiplier', kind != 'granitemoeshared' or math.isclose(d.get('attention_multiplier', 1.0), (hidden // heads) ** -0.5, rel_tol=1e-6))] if not ok]
     if problems: raise ValueError(f"not a MiniMind layout: {', '.join(problems)}")
     rope = dict(d.get('rope_parameters') or d.get('rope_scaling') or {})
     theta = rope.get('rope_theta', d.get('rope_theta', 10000.0))
@@ -260,6 +262,7 @@ def minimind_config_from_hf(d:dict) -> MiniMindConfig:
         if k == 1 and n > 1: raise ValueError("top-1 Granite routing gives its expert weight 1; MiniMind's top-1 weight is the softmax probability")
         fields.update(use_moe=True, n_routed_experts=n, num_experts_per_tok=k, n_shared_experts=shared // d['intermediate_size'],
                       norm_topk_prob=True, aux_loss_alpha=d.get('router_aux_loss_coef', 0.01))
+    if kind.startswith('qwen3'): fields.update(qwen3_fields(d))
     config = MiniMindConfig(**fields)
     scaling = effective_rope_scaling(config)
     if scaling and scaling['type'] == 'yarn' and scaling['factor'] != 1.0 and (why := yarn_ramp_mismatch(config, scaling)): raise ValueError(why)
@@ -298,17 +301,56 @@ def _granite_layer_to_minimind(state:dict, prefix:str, config:MiniMindConfig) ->
     return out
 
 def from_hf(folder:Union[str, Path], dtype:Optional[torch.dtype]=None) -> MiniMindForCausalLM:
-    "A MiniMind model from a transformers folder (Llama or GraniteMoeShared), loaded strictly."
+    "A MiniMind model from a transformers folder (Llama, GraniteMoeShared, Qwen3 or Qwen3-MoE), loaded strictly."
     folder = Path(folder)
     if not (folder / 'config.json').is_file(): raise FileNotFoundError(f"no config.json in {folder}: pass a transformers model folder")
     config = minimind_config_from_hf(json.loads((folder / 'config.json').read_text()))
     state = read_safetensors_folder(folder)
     if config.use_moe:
-        for i in range(config.num_hidden_layers): state.update(_granite_layer_to_minimind(state, f'model.layers.{i}.', config))
+        to_minimind = _qwen3_moe_layer_to_minimind if config.qk_norm else _granite_layer_to_minimind
+        for i in range(config.num_hidden_layers): state.update(to_minimind(state, f'model.layers.{i}.', config))
     model = MiniMindForCausalLM(config)
     check_state_dict(model, state)                 # names, shapes, a tied head equal to the embedding
     model.load_state_dict(state, strict=False)     # strictness checked above (the tied head may be absent)
     return model.to(dtype=dtype).eval()
+
+# %% ../nbs/17_export.ipynb #dbefb05f
+def qwen3_config(config:MiniMindConfig, dtype:torch.dtype=torch.float32) -> dict:
+    "`config.json` of a `Qwen3ForCausalLM` (dense) or `Qwen3MoeForCausalLM` (MoE) that computes what the QK-norm MiniMind model of `config` computes."
+    if not config.qk_norm: raise ValueError("qwen3_config is for models with QK-norm (minimind-3); others export as Llama or GraniteMoeShared")
+    d = dict(architectures=['Qwen3ForCausalLM'], model_type='qwen3', **_common_hf_config(config, dtype), head_dim=config.head_dim,
+             use_sliding_window=False, sliding_window=None, max_window_layers=config.num_hidden_layers)
+    if not config.use_moe: return d
+    if config.n_shared_experts:
+        raise ValueError(f"{config.n_shared_experts} shared expert(s) with QK-norm: Qwen3-MoE has no shared experts, and no "
+                         "transformers architecture computes this model exactly")
+    renormalised = config.norm_topk_prob and (config.num_experts_per_tok > 1 or config.family == 'minimind3')  # chapter 06's gate
+    return dict(d, architectures=['Qwen3MoeForCausalLM'], model_type='qwen3_moe', num_experts=config.n_routed_experts,
+                num_experts_per_tok=config.num_experts_per_tok, moe_intermediate_size=config.moe_intermediate_size,
+                norm_topk_prob=renormalised, decoder_sparse_step=1, mlp_only_layers=[], router_aux_loss_coef=config.aux_loss_alpha,
+                output_router_logits=False)
+
+def _qwen3_moe_layer_to_minimind(state:dict, prefix:str, config:MiniMindConfig) -> dict:
+    "One Qwen3-MoE layer's experts in MiniMind's names: published per-expert tensors pass, transformers 5's fused ones are split."
+    if prefix + 'mlp.experts.gate_up_proj' not in state: return {}
+    gate_up, down = state.pop(prefix + 'mlp.experts.gate_up_proj'), state.pop(prefix + 'mlp.experts.down_proj')  # (E, 2f, d), (E, d, f)
+    out = {}
+    for e in range(config.n_routed_experts):
+        out[prefix + f'mlp.experts.{e}.gate_proj.weight'], out[prefix + f'mlp.experts.{e}.up_proj.weight'] = gate_up[e].split(config.moe_intermediate_size)
+        out[prefix + f'mlp.experts.{e}.down_proj.weight'] = down[e]
+    return out
+
+def qwen3_fields(d:dict) -> dict:
+    "The `MiniMindConfig` fields a Qwen3 or Qwen3-MoE `config.json` adds to the shared ones: minimind-3's family, QK-norm, head_dim, experts."
+    if d.get('use_sliding_window'): raise ValueError("use_sliding_window=true: MiniMind attends to the whole context")
+    fields = dict(family='minimind3', qk_norm=True, head_dim=d.get('head_dim') or d['hidden_size'] // d['num_attention_heads'])
+    if d.get('model_type') == 'qwen3_moe':
+        if d.get('mlp_only_layers') or d.get('decoder_sparse_step', 1) != 1:
+            raise ValueError("mlp_only_layers or decoder_sparse_step != 1: MiniMind's MoE model has experts in every layer")
+        fields.update(use_moe=True, n_routed_experts=d['num_experts'], num_experts_per_tok=d['num_experts_per_tok'], n_shared_experts=0,
+                      moe_intermediate_size=d['moe_intermediate_size'], norm_topk_prob=bool(d.get('norm_topk_prob', True)),
+                      aux_loss_alpha=d.get('router_aux_loss_coef', 5e-4))
+    return fields
 
 # %% ../nbs/17_export.ipynb #7033fdef
 def permute_for_gguf(weight:torch.Tensor, n_heads:int) -> torch.Tensor:
@@ -327,6 +369,7 @@ def unpermute_from_gguf(weight:torch.Tensor, n_heads:int) -> torch.Tensor:
 def gguf_tensors(model:MiniMindForCausalLM, dtype:np.dtype=np.float32) -> dict:
     "`model`'s weights as GGUF names -> NumPy arrays (q/k rows permuted for llama.cpp's rope; norms float32)."
     config, state = model.config, model.state_dict()
+    if config.qk_norm: raise ValueError("GGUF export of QK-norm models (minimind-3, llama.cpp's qwen3 architecture) is not built yet; export with --to hf")
     if config.use_moe: raise ValueError("GGUF export covers dense models only (llama architecture); export MoE models with --to hf")
     array = lambda t, dt=dtype: t.detach().float().cpu().numpy().astype(dt)
     out = {'token_embd.weight': array(state['model.embed_tokens.weight']),

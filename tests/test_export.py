@@ -175,6 +175,34 @@ def test_reference_minimind2_weights_export(tmp_path):
     assert hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == render_chat(messages, True)
 
 
+@pytest.mark.parametrize('name, arch', [('dense_tiny', 'Qwen3ForCausalLM'), ('moe_tiny', 'Qwen3MoeForCausalLM'), ('yarn_tiny', 'Qwen3ForCausalLM')])
+def test_reference_minimind3_weights_export(tmp_path, name, arch):
+    "minimind-3's reference weights and tokenizer: transformers' Qwen3 / Qwen3-MoE reproduce the reference's logits and greedy tokens, its template renders as ours."
+    fixtures = fixtures_dir()
+    if fixtures is None: pytest.skip('reference fixtures not found')
+    folder = fixtures / 'minimind3'
+    from safetensors.torch import load_file
+    config = MiniMindConfig.load(folder / f'{name}.config.json')
+    model = MiniMindForCausalLM.from_pretrained(folder / f'{name}.weights.safetensors', config=config).eval()
+    expected = load_file(str(folder / f'{name}.expected.safetensors'))
+    out = to_hf(model, tmp_path / name, tokenizer=folder)
+    hf = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(hf).__name__ == arch
+    with torch.no_grad(): logits = hf(expected['input_ids']).logits
+    assert (logits - expected['logits']).abs().max().item() <= 1e-4
+    greedy = hf.generate(expected['greedy_ids'][:, :8], max_new_tokens=12, do_sample=False, eos_token_id=None, min_new_tokens=12)
+    assert greedy.tolist() == expected['greedy_ids'].tolist()
+    back = from_hf(out)
+    assert back.config == config and all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))
+    from minimind.tokenizer import render_minimind3_chat
+    hf_tok = AutoTokenizer.from_pretrained(out)
+    messages = [dict(role='user', content='你好'), dict(role='assistant', content='<think>\n想\n</think>\n好'), dict(role='user', content='?')]
+    for thinking in (False, True):
+        assert hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, open_thinking=thinking) == \
+            render_minimind3_chat(messages, True, open_thinking=thinking)
+    with pytest.raises(ValueError, match='not built yet'): to_gguf(model, tmp_path / 'm3.gguf', folder)
+
+
 def test_gguf_read_back(tmp_path, tok):
     model = make_model(5)
     path = to_gguf(model, tmp_path / 'm.gguf')
