@@ -9,7 +9,7 @@ __all__ = ['STAGES', 'RESULTS', 'PARENTS', 'CHAPTERS', 'paired_effect', 'CourseS
            'measure_lora', 'measure_dpo', 'measure_distill', 'measure_reason', 'measure_grpo', 'course_checkpoints',
            'is_share', 'effect_text', 'run_course', 'effect_failures', 'reproduction_failures', 'value_text',
            'change_text', 'stage_table', 'timing_text', 'eval_table', 'course_results', 'chapter_note', 'metric',
-           'plot_course', 'minimind_course', 'rounding_table']
+           'plot_course', 'minimind_course', 'rounding_table', 'number_differences']
 
 # %% ../nbs/20_course.ipynb #a88fcb29
 import json, math, os, platform, sys, tempfile, time
@@ -355,10 +355,16 @@ def rounding_table(res:dict, other:dict) -> str:
     for name, st in other['stages'].items():
         for key, m in st['metrics'].items():
             a = res['stages'][name]['metrics'][key]
+            label = m['label'].replace('<', '&lt;')             # `<think>` is text, not a tag
             diff = m['after'] - a['after']
             in_se = f"{abs(diff) / a['se']:.1f}" if a.get('se') else '-'
-            lines.append(f"| {name} | {m['label']} | {value_text(a, 'after')} | {value_text(m, 'after')} | "
-                         f"{100 * diff:+.1f} points |" if is_share(m) else f"| {name} | {m['label']} | {value_text(a, 'after')} | "
+            lines.append(f"| {name} | {label} | {value_text(a, 'after')} | {value_text(m, 'after')} | "
+                         f"{100 * diff:+.1f} points |" if is_share(m) else f"| {name} | {label} | {value_text(a, 'after')} | "
                          f"{value_text(m, 'after')} | {diff:+.3f} |")
             lines[-1] += f" {in_se} |"
     return '\n'.join(lines)
+
+def number_differences(res:dict, other:dict) -> list:
+    "`(path, res's value, other's value)` for every number both results hold (times and the command left out), the largest difference first."
+    mine, theirs = dict(_numbers(res)), dict(_numbers(other))
+    return sorted(((p, mine[p], theirs[p]) for p in mine.keys() & theirs.keys()), key=lambda t: -abs(t[1] - t[2]))
