@@ -150,3 +150,15 @@ def test_inference_rope_scaling_flag(tiny):
     r = chat([tiny, '--inference-rope-scaling', '--temperature', '0', '--max_new_tokens', '8'], 'Hello!\n')
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout == reply(yarn, tok, hello) + '\n' and 'YaRN on: 16 x 2048 positions' in r.stderr
+
+
+def test_tools_flag(tiny, tmp_path):
+    "--tools toy runs the turn through the tool loop (a fresh model makes no call: its reply is printed whole); a bad --tools is one line, exit 2."
+    r = chat([tiny, '--temperature', '0', '--max_new_tokens', '8', '--tools', 'toy'], 'How old is Liko?\n')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() and 'Traceback' not in r.stderr
+    bad = chat([tiny, '--tools', tmp_path / 'missing.txt'], 'hi\n')
+    assert bad.returncode == 2 and '--tools' in bad.stderr and 'Traceback' not in bad.stderr, bad.stderr
+    (tmp_path / 'none.py').write_text('x = 1\n')
+    empty = chat([tiny, '--tools', tmp_path / 'none.py'], 'hi\n')
+    assert empty.returncode == 2 and 'defines no TOOLS' in empty.stderr, empty.stderr

@@ -122,12 +122,12 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def chromium(browser: str, args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
-    "Run headless Chromium with a fresh profile and no background traffic (the machine has no network)."
+def chromium(browser: str, args: list[str], timeout: int = 120, budget_ms: int = 10000) -> subprocess.CompletedProcess:
+    "Run headless Chromium with a fresh profile and no background traffic (the machine has no network); scripts get `budget_ms` of virtual time."
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                "--disable-background-networking", "--no-first-run", "--disable-component-update", "--disable-sync",
-               "--disable-extensions", "--hide-scrollbars", f"--user-data-dir={profile}", "--virtual-time-budget=10000", *args]
+               "--disable-extensions", "--hide-scrollbars", f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", *args]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
