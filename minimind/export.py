@@ -9,8 +9,8 @@ __all__ = ['require', 'effective_rope_scaling', 'yarn_ramp_mismatch', 'hf_rope_p
            'granite_exact', 'granite_config', 'hf_config', 'hf_state_dict', 'save_hf_tokenizer', 'generation_config',
            'model_and_tokenizer', 'write_whole', 'to_hf', 'minimind_config_from_hf', 'read_safetensors_folder',
            'from_hf', 'qwen3_config', 'qwen3_fields', 'permute_for_gguf', 'unpermute_from_gguf', 'gguf_tensors',
-           'gguf_vocab', 'gguf_rope_scaling', 'to_gguf', 'read_gguf', 'gguf_forward', 'check_export', 'export_cli',
-           'minimind_export']
+           'gguf_architecture', 'gguf_vocab', 'gguf_rope_scaling', 'to_gguf', 'read_gguf', 'gguf_forward',
+           'check_export', 'export_cli', 'minimind_export']
 
 # %% ../nbs/17_export.ipynb #66bfddea
 import json, math, os, shutil
@@ -367,26 +367,44 @@ def unpermute_from_gguf(weight:torch.Tensor, n_heads:int) -> torch.Tensor:
 
 # %% ../nbs/17_export.ipynb #4dc6e453
 def gguf_tensors(model:MiniMindForCausalLM, dtype:np.dtype=np.float32) -> dict:
-    "`model`'s weights as GGUF names -> NumPy arrays (q/k rows permuted for llama.cpp's rope; norms float32)."
+    "`model`'s weights as GGUF names -> NumPy arrays: llama (q/k rows permuted for its rope), or qwen3 / qwen3moe (QK-norm, experts stacked); norms float32."
     config, state = model.config, model.state_dict()
-    if config.qk_norm: raise ValueError("GGUF export of QK-norm models (minimind-3, llama.cpp's qwen3 architecture) is not built yet; export with --to hf")
-    if config.use_moe: raise ValueError("GGUF export covers dense models only (llama architecture); export MoE models with --to hf")
+    if config.use_moe and not config.qk_norm:
+        raise ValueError("GGUF export covers dense models (llama, qwen3) and minimind-3's MoE (qwen3moe); export MiniMind2's MoE models with --to hf")
+    if config.use_moe and config.n_shared_experts: raise ValueError("qwen3moe has no shared experts: export this model with --to hf")
+    if config.use_moe and not (config.norm_topk_prob and (config.num_experts_per_tok > 1 or config.family == 'minimind3')):
+        raise ValueError("llama.cpp's qwen3moe renormalises the chosen experts' weights, this model does not: export it with --to hf")
     array = lambda t, dt=dtype: t.detach().float().cpu().numpy().astype(dt)
+    rotate = (lambda w, heads: w) if config.qk_norm else permute_for_gguf     # qwen3 keeps HF's half-split (NEOX) rope order
     out = {'token_embd.weight': array(state['model.embed_tokens.weight']),
            'output_norm.weight': array(state['model.norm.weight'], np.float32)}
     if not config.tie_word_embeddings: out['output.weight'] = array(state['lm_head.weight'])
     for i in range(config.num_hidden_layers):
-        p = f'model.layers.{i}.'
-        out.update({f'blk.{i}.attn_norm.weight': array(state[p + 'input_layernorm.weight'], np.float32),
-                    f'blk.{i}.attn_q.weight': array(permute_for_gguf(state[p + 'self_attn.q_proj.weight'], config.num_attention_heads)),
-                    f'blk.{i}.attn_k.weight': array(permute_for_gguf(state[p + 'self_attn.k_proj.weight'], config.num_key_value_heads)),
-                    f'blk.{i}.attn_v.weight': array(state[p + 'self_attn.v_proj.weight']),
-                    f'blk.{i}.attn_output.weight': array(state[p + 'self_attn.o_proj.weight']),
-                    f'blk.{i}.ffn_norm.weight': array(state[p + 'post_attention_layernorm.weight'], np.float32),
-                    f'blk.{i}.ffn_gate.weight': array(state[p + 'mlp.gate_proj.weight']),
-                    f'blk.{i}.ffn_up.weight': array(state[p + 'mlp.up_proj.weight']),
-                    f'blk.{i}.ffn_down.weight': array(state[p + 'mlp.down_proj.weight'])})
+        p, b = f'model.layers.{i}.', f'blk.{i}.'
+        out.update({b + 'attn_norm.weight': array(state[p + 'input_layernorm.weight'], np.float32),
+                    b + 'attn_q.weight': array(rotate(state[p + 'self_attn.q_proj.weight'], config.num_attention_heads)),
+                    b + 'attn_k.weight': array(rotate(state[p + 'self_attn.k_proj.weight'], config.num_key_value_heads)),
+                    b + 'attn_v.weight': array(state[p + 'self_attn.v_proj.weight']),
+                    b + 'attn_output.weight': array(state[p + 'self_attn.o_proj.weight']),
+                    b + 'ffn_norm.weight': array(state[p + 'post_attention_layernorm.weight'], np.float32)})
+        if config.qk_norm:
+            out[b + 'attn_q_norm.weight'] = array(state[p + 'self_attn.q_norm.weight'], np.float32)
+            out[b + 'attn_k_norm.weight'] = array(state[p + 'self_attn.k_norm.weight'], np.float32)
+        if config.use_moe:                                                     # (E, f, d), (E, f, d), (E, d, f): experts stacked
+            experts = range(config.n_routed_experts)
+            out[b + 'ffn_gate_inp.weight'] = array(state[p + 'mlp.gate.weight'], np.float32)
+            for gguf_name, ours in (('ffn_gate_exps', 'gate_proj'), ('ffn_up_exps', 'up_proj'), ('ffn_down_exps', 'down_proj')):
+                out[b + gguf_name + '.weight'] = array(torch.stack([state[p + f'mlp.experts.{e}.{ours}.weight'] for e in experts]))
+        else:
+            out.update({b + 'ffn_gate.weight': array(state[p + 'mlp.gate_proj.weight']),
+                        b + 'ffn_up.weight': array(state[p + 'mlp.up_proj.weight']),
+                        b + 'ffn_down.weight': array(state[p + 'mlp.down_proj.weight'])})
     return out
+
+def gguf_architecture(config:MiniMindConfig) -> str:
+    "llama.cpp's architecture for `config`: qwen3moe (minimind-3's MoE), qwen3 (QK-norm, dense) or llama."
+    return ('qwen3moe' if config.use_moe else 'qwen3') if config.qk_norm else 'llama'
+
 
 # %% ../nbs/17_export.ipynb #7ea58bba
 def gguf_vocab(tokenizer:MiniMindTokenizer, vocab_size:int) -> dict:
@@ -424,7 +442,7 @@ def gguf_rope_scaling(config:MiniMindConfig) -> Optional[dict]:
 
 def to_gguf(source:Union[MiniMindForCausalLM, str, Path], out:Union[str, Path], tokenizer=None,
             dtype:str='float32', name:Optional[str]=None, force:bool=False) -> Path:
-    "Write `source` (dense model or checkpoint folder) as a llama-architecture GGUF file `out` with tokenizer and chat template."
+    "Write `source` (model or checkpoint folder) as a GGUF file `out` (llama, qwen3 or qwen3moe architecture) with tokenizer and chat template."
     gguf = require('gguf')
     model, tok = model_and_tokenizer(source, tokenizer)
     config = model.config
@@ -433,14 +451,14 @@ def to_gguf(source:Union[MiniMindForCausalLM, str, Path], out:Union[str, Path], 
     tensors = gguf_tensors(model, np.float32 if dtype == 'float32' else np.float16)   # raises for MoE
     vocab = gguf_vocab(tok, config.vocab_size)
     def write(tmp):
-        writer = gguf.GGUFWriter(str(tmp), 'llama')
+        writer = gguf.GGUFWriter(str(tmp), gguf_architecture(config))
         _gguf_metadata(writer, config, tok, vocab, dtype, name or (Path(source).name if not isinstance(source, MiniMindForCausalLM) else 'MiniMind'), rope)
         for tensor_name, array in tensors.items(): writer.add_tensor(tensor_name, array)
         writer.write_header_to_file(); writer.write_kv_data_to_file(); writer.write_tensors_to_file(); writer.close()
     return write_whole(out, write, force)
 
 def _gguf_metadata(writer, config, tok, vocab, dtype, name, rope=None):
-    "The llama-architecture keys, the tokenizer and the chat template of a GGUF file."
+    "The architecture keys, the tokenizer and the chat template of a GGUF file."
     gguf = require('gguf')
     writer.add_name(name)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == 'float32' else gguf.LlamaFileType.MOSTLY_F16)
@@ -453,6 +471,11 @@ def _gguf_metadata(writer, config, tok, vocab, dtype, name, rope=None):
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_rope_dimension_count(config.head_dim)
+    if config.qk_norm:                      # qwen3's heads have a width of their own
+        writer.add_key_length(config.head_dim); writer.add_value_length(config.head_dim)
+    if config.use_moe:
+        writer.add_expert_count(config.n_routed_experts); writer.add_expert_used_count(config.num_experts_per_tok)
+        writer.add_expert_feed_forward_length(config.moe_intermediate_size)
     if rope:                                # llama.cpp's rope-scaling keys (see gguf_rope_scaling)
         writer.add_rope_scaling_type(gguf.RopeScalingType(rope['type']))
         writer.add_rope_scaling_factor(rope['factor'])
@@ -480,14 +503,15 @@ def read_gguf(path:Union[str, Path]) -> tuple:
 
 # %% ../nbs/17_export.ipynb #bb01a3f3
 def gguf_forward(tensors:dict, metadata:dict, ids:list) -> np.ndarray:
-    "Logits `(T, V)` of token `ids` from GGUF tensors with llama.cpp's conventions (adjacent-pair rope); float64 NumPy."
+    "Logits `(T, V)` of token `ids` from GGUF tensors with llama.cpp's conventions (llama: adjacent-pair rope; qwen3, qwen3moe: half-split rope, QK-norm, experts); float64 NumPy."
     arch = metadata['general.architecture']
     H, Hkv = metadata[f'{arch}.attention.head_count'], metadata[f'{arch}.attention.head_count_kv']
     eps, theta = metadata[f'{arch}.attention.layer_norm_rms_epsilon'], metadata[f'{arch}.rope.freq_base']
     W = {k: v.astype(np.float64) for k, v in tensors.items()}
     norm = lambda x, g: x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * g
     x = W['token_embd.weight'][ids]                                        # (T, d)
-    T, d = x.shape; hd = d // H
+    T, d = x.shape; hd = metadata.get(f'{arch}.attention.key_length', d // H)
+    neox = arch in ('qwen3', 'qwen3moe')                                   # rotate pairs (i, i + hd/2), as HF does
     inv_freq = theta ** (-np.arange(0, hd, 2) / hd)                        # (hd/2,): pair i turns by theta^(-2i/hd) per token
     scaling, mscale = metadata.get(f'{arch}.rope.scaling.type', 'none'), 1.0
     if scaling == 'linear': inv_freq = inv_freq / metadata[f'{arch}.rope.scaling.factor']
@@ -507,18 +531,36 @@ def gguf_forward(tensors:dict, metadata:dict, ids:list) -> np.ndarray:
         out = np.empty_like(v)
         out[..., 0::2], out[..., 1::2] = even * cos - odd * sin, even * sin + odd * cos
         return out
+    def rope_half(v):                                                      # v (T, heads, hd): rotate pairs (i, i + hd/2)
+        a, b_ = v[..., :hd // 2], v[..., hd // 2:]
+        return np.concatenate([a * cos - b_ * sin, a * sin + b_ * cos], axis=-1)
+    rope = rope_half if neox else rope_adjacent
+    def moe(h, i):                                                         # softmax router, top-k renormalised, SwiGLU experts
+        gate_logits = h @ W[f'blk.{i}.ffn_gate_inp.weight'].T              # (T, E)
+        p = np.exp(gate_logits - gate_logits.max(-1, keepdims=True)); p /= p.sum(-1, keepdims=True)
+        k = metadata[f'{arch}.expert_used_count']
+        top = np.argsort(-p, axis=-1, kind='stable')[:, :k]                 # (T, k)
+        w = np.take_along_axis(p, top, -1); w /= w.sum(-1, keepdims=True)
+        G, U, D = (W[f'blk.{i}.ffn_{n}_exps.weight'] for n in ('gate', 'up', 'down'))
+        out = np.zeros_like(h)
+        for t in range(h.shape[0]):
+            for e, weight in zip(top[t], w[t]):
+                g = G[e] @ h[t]; out[t] += weight * (D[e] @ (g / (1 + np.exp(-g)) * (U[e] @ h[t])))
+        return out
     causal = np.triu(np.full((T, T), -np.inf), 1)                          # (T, T): no looking ahead
     for i in range(metadata[f'{arch}.block_count']):
         b = lambda name: W[f'blk.{i}.{name}.weight']
         h = norm(x, b('attn_norm'))
-        q = rope_adjacent((h @ b('attn_q').T).reshape(T, H, hd))            # (T, H, hd)
-        k = rope_adjacent((h @ b('attn_k').T).reshape(T, Hkv, hd))          # (T, Hkv, hd)
+        q, k = (h @ b('attn_q').T).reshape(T, H, hd), (h @ b('attn_k').T).reshape(T, Hkv, hd)   # (T, H, hd), (T, Hkv, hd)
+        if f'blk.{i}.attn_q_norm.weight' in W: q, k = norm(q, b('attn_q_norm')), norm(k, b('attn_k_norm'))   # qwen3: per head, before rope
+        q, k = rope(q), rope(k)
         v = (h @ b('attn_v').T).reshape(T, Hkv, hd)
         k, v = np.repeat(k, H // Hkv, axis=1), np.repeat(v, H // Hkv, axis=1)   # query head j reads kv head j // (H/Hkv)
         scores = np.einsum('thd,shd->hts', q, k) / np.sqrt(hd) + causal     # (H, T, T)
         p = np.exp(scores - scores.max(-1, keepdims=True)); p /= p.sum(-1, keepdims=True)
-        x = x + np.einsum('hts,shd->thd', p, v).reshape(T, d) @ b('attn_output').T
+        x = x + np.einsum('hts,shd->thd', p, v).reshape(T, H * hd) @ b('attn_output').T
         h = norm(x, b('ffn_norm'))
+        if f'blk.{i}.ffn_gate_inp.weight' in W: x = x + moe(h, i); continue
         gate = h @ b('ffn_gate').T
         x = x + (gate / (1 + np.exp(-gate)) * (h @ b('ffn_up').T)) @ b('ffn_down').T   # SwiGLU
     return norm(x, W['output_norm.weight']) @ W.get('output.weight', W['token_embd.weight']).T   # (T, V)

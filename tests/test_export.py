@@ -177,7 +177,7 @@ def test_reference_minimind2_weights_export(tmp_path):
 
 @pytest.mark.parametrize('name, arch', [('dense_tiny', 'Qwen3ForCausalLM'), ('moe_tiny', 'Qwen3MoeForCausalLM'), ('yarn_tiny', 'Qwen3ForCausalLM')])
 def test_reference_minimind3_weights_export(tmp_path, name, arch):
-    "minimind-3's reference weights and tokenizer: transformers' Qwen3 / Qwen3-MoE reproduce the reference's logits and greedy tokens, its template renders as ours."
+    "minimind-3's reference weights and tokenizer: transformers' Qwen3 / Qwen3-MoE and the GGUF file (qwen3 / qwen3moe) reproduce the reference's logits; greedy tokens and the template match."
     fixtures = fixtures_dir()
     if fixtures is None: pytest.skip('reference fixtures not found')
     folder = fixtures / 'minimind3'
@@ -200,7 +200,12 @@ def test_reference_minimind3_weights_export(tmp_path, name, arch):
     for thinking in (False, True):
         assert hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, open_thinking=thinking) == \
             render_minimind3_chat(messages, True, open_thinking=thinking)
-    with pytest.raises(ValueError, match='not built yet'): to_gguf(model, tmp_path / 'm3.gguf', folder)
+    meta, tensors = read_gguf(to_gguf(model, tmp_path / 'm3.gguf', folder))   # llama.cpp's qwen3 / qwen3moe
+    assert meta['general.architecture'] == ('qwen3moe' if config.use_moe else 'qwen3')
+    assert 'blk.0.attn_q_norm.weight' in tensors and ('blk.0.ffn_gate_exps.weight' in tensors) == config.use_moe
+    for row in range(expected['input_ids'].shape[0]):
+        got = gguf_forward(tensors, meta, expected['input_ids'][row].tolist())
+        assert abs(got - expected['logits'][row].double().numpy()).max() <= 1e-4
 
 
 def test_gguf_read_back(tmp_path, tok):
@@ -248,7 +253,7 @@ def test_gguf_read_back(tmp_path, tok):
 
 
 def test_gguf_refuses_what_it_does_not_cover(tmp_path):
-    with pytest.raises(ValueError, match='dense models only'): to_gguf(make_model(6, moe=True), tmp_path / 'moe.gguf')
+    with pytest.raises(ValueError, match="MiniMind2's MoE models with --to hf"): to_gguf(make_model(6, moe=True), tmp_path / 'moe.gguf')
     ntk = make_model(6, rope_scaling=dict(type='ntk', factor=4.0, original_max_position_embeddings=256))
     with pytest.raises(ValueError, match='no llama.cpp equivalent'): to_gguf(ntk, tmp_path / 'ntk.gguf')
     betas = make_model(6, rope_scaling=dict(type='yarn', factor=4.0, original_max_position_embeddings=256, beta_fast=16))
@@ -335,7 +340,7 @@ def test_cli_end_to_end(tmp_path, tok):
     assert load_tokenizer(tmp_path / 'back').vocab_size == tok.vocab_size
     moe = make_model(8, moe=True).save_pretrained(tmp_path / 'moe')
     r = run(EXPORT, moe, '--to', 'gguf', '--out', tmp_path / 'moe.gguf', '--no_check')
-    assert r.returncode != 0 and 'dense models only' in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    assert r.returncode != 0 and "MiniMind2's MoE models with --to hf" in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
     # the other user errors, in process (each subprocess costs seconds of imports): CliError becomes the message
     from fastcore.script import CliError
     from minimind.export import export_cli
