@@ -96,10 +96,12 @@ class ChatStream:
                  max_new_tokens:int=256, temperature:float=0.7, top_p:float=0.9, top_k:Optional[int]=None,
                  repetition_penalty:float=1.0, enable_thinking:Optional[bool]=None, stop:Iterable[str]=(),
                  seed:Optional[int]=None, should_stop:Optional[Callable[[], bool]]=None, max_time:Optional[float]=None,
-                 tools:Optional[list]=None):   # function schemas the chat template lists (the reply may call them)
-        self.model, self.tokenizer = model, tokenizer
+                 tools:Optional[list]=None,    # function schemas the chat template lists (the reply may call them)
+                 prefix:str=''):               # the reply's first characters, given: the model continues from them
+        self.model, self.tokenizer, self.prefix = model, tokenizer, prefix
         self.prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                         enable_thinking=enable_thinking, tools=tools or None, tokenize=True)
+        if prefix: self.prompt_ids = self.prompt_ids + tokenizer.encode(prefix)   # written for the model, not by it
         context = model.config.max_position_embeddings
         if len(self.prompt_ids) + max_new_tokens > context:
             raise ValueError(f"the prompt has {len(self.prompt_ids)} tokens; with max_new_tokens={max_new_tokens} that "
@@ -120,6 +122,7 @@ class ChatStream:
                                             generator=generator, **self.sampling)   # yields (1,) per step
         decoder, shown, found, self.finish_reason = StreamDecoder(self.tokenizer), 0, False, 'length'
         deadline = None if self.max_time is None else time.monotonic() + self.max_time   # the prompt's forward pass counts too
+        if self.prefix: yield self.prefix                                  # the reply starts with it
         try:
             for token in tokens:
                 self.completion_tokens += 1
@@ -136,7 +139,7 @@ class ChatStream:
                 if rest: shown += len(rest); yield rest
         finally:
             tokens.close()   # ends stream_generate; its KV cache goes with it
-            self.text = self.tokenizer.decode(decoder.ids, skip_special_tokens=True)[:shown]
+            self.text = self.prefix + self.tokenizer.decode(decoder.ids, skip_special_tokens=True)[:shown]
 
 # %% ../nbs/16_chat.ipynb #13224698
 def fit_history(messages:list, tokenizer:MiniMindTokenizer, max_prompt_tokens:int, enable_thinking:Optional[bool]=None) -> list:

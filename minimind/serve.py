@@ -80,11 +80,11 @@ def _content(message:dict, i:int) -> str:
 _TOOL_NAME = re.compile(r'^[A-Za-z0-9_-]{1,64}$')   # OpenAI's rule for function names
 
 def parse_tools(body:dict) -> tuple:
-    "`(tools for the template or None, the names a reply may call)` from a request's `tools` and `tool_choice`; `ChatRequestError` when malformed."
+    "`(tools for the template or None, the names a reply may call, the reply's forced start)` from a request's `tools` and `tool_choice`; `ChatRequestError` when malformed."
     tools, choice = body.get('tools'), body.get('tool_choice')
     if tools is None:
         if choice not in (None, 'none', 'auto'): raise ChatRequestError("'tool_choice' needs 'tools'", 'tool_choice', 'invalid_value')
-        return None, set()
+        return None, set(), ''
     if not isinstance(tools, list) or len(tools) > 128:
         raise ChatRequestError("'tools' must be a list of at most 128 {'type': 'function', 'function': {...}} objects", 'tools', 'invalid_type')
     for i, t in enumerate(tools):
@@ -96,14 +96,15 @@ def parse_tools(body:dict) -> tuple:
             raise ChatRequestError(f"tools[{i}].function: 'description' must be a string and 'parameters' an object",
                                    f'tools[{i}].function', 'invalid_type')
     names = [t['function']['name'] for t in tools]
-    if choice in (None, 'auto', 'required'): return tools, set(names)
-    if choice == 'none': return None, set()
+    if choice in (None, 'auto'): return tools, set(names), ''
+    if choice == 'required': return tools, set(names), '<tool_call>\n{"name": "'    # the reply starts a call: the model names it
+    if choice == 'none': return None, set(), ''
     wanted = choice.get('function', {}).get('name') if isinstance(choice, dict) and choice.get('type') == 'function' else None
     if not isinstance(wanted, str):
         raise ChatRequestError("'tool_choice' must be 'none', 'auto', 'required' or {'type': 'function', 'function': {'name': ...}}",
                                'tool_choice', 'invalid_value')
     if wanted not in names: raise ChatRequestError(f"'tool_choice' names {wanted!r}, which is not in 'tools'", 'tool_choice', 'invalid_value')
-    return [t for t in tools if t['function']['name'] == wanted], {wanted}
+    return [t for t in tools if t['function']['name'] == wanted], {wanted}, f'<tool_call>\n{{"name": "{wanted}", "arguments": '
 
 def _tool_calls(message:dict, i:int) -> list:
     "An assistant message's `tool_calls` as the chat template renders them; `ChatRequestError` naming the part that is wrong."
@@ -160,8 +161,9 @@ def parse_chat_request(body, tokenizer:MiniMindTokenizer, context:int, max_token
     seed = _number(body, 'seed', None, -2**63, 2**63 - 1, integer=True)
     name = 'max_completion_tokens' if body.get('max_completion_tokens') is not None else 'max_tokens'
     max_tokens = _number(body, name, None, 1, max_tokens_limit, integer=True)
-    tools, tool_names = parse_tools(body)
+    tools, tool_names, prefix = parse_tools(body)
     prompt_ids = tokenizer.apply_chat_template(clean, add_generation_prompt=True, enable_thinking=thinking, tools=tools, tokenize=True)
+    if prefix: prompt_ids = prompt_ids + tokenizer.encode(prefix)
     room = context - len(prompt_ids)   # tokens left for the reply
     if room < 1 or (max_tokens is not None and max_tokens > room):
         raise ChatRequestError(f"this model's context is {context} tokens; the messages take {len(prompt_ids)}"
@@ -169,7 +171,7 @@ def parse_chat_request(body, tokenizer:MiniMindTokenizer, context:int, max_token
                                + ": shorten the messages or lower max_tokens", 'messages', 'context_length_exceeded')
     return dict(messages=clean, max_new_tokens=max_tokens or min(max_tokens_limit, room), temperature=temperature,
                 top_p=top_p, top_k=top_k, stop=stop, seed=seed, enable_thinking=thinking, stream=body.get('stream', False),
-                include_usage=options.get('include_usage', False), prompt_tokens=len(prompt_ids), tools=tools, tool_names=tool_names)
+                include_usage=options.get('include_usage', False), prompt_tokens=len(prompt_ids), tools=tools, tool_names=tool_names, prefix=prefix)
 
 # %% ../nbs/16a_serve.ipynb #1bf183e5
 def is_json_content_type(content_type:Optional[str]) -> bool:
