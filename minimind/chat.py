@@ -232,14 +232,19 @@ def minimind_chat():
     run_cli(chat_cli)
 
 # %% ../nbs/16_chat.ipynb #6e2402c3
-_BUBBLE = {'system': ('#f1f3f5', '#495057'), 'user': ('#e7f1ff', '#0b3d91'), 'assistant': ('#f4fbf4', '#1d4d1d')}
+_BUBBLE = {'system': ('#f1f3f5', '#495057'), 'user': ('#e7f1ff', '#0b3d91'), 'assistant': ('#f4fbf4', '#1d4d1d'),
+           'tool': ('#fff8e1', '#6d4c00')}
 
 def conversation_html(messages:list) -> str:
     "The conversation as self-contained HTML (inline styles only): one box per message, a reasoning model's thinking in grey."
     rows = []
     for m in messages:
         background, color = _BUBBLE.get(m['role'], _BUBBLE['system'])
-        reasoning, content = split_reasoning(m['content']) if m['role'] == 'assistant' else ('', m['content'])
+        reasoning, content = split_reasoning(m['content'] or '') if m['role'] == 'assistant' else ('', m['content'])
+        if m['role'] == 'tool': content = f"← {m.get('name', 'tool')}: {content}"
+        calls = ''.join(f"\n→ {c['function']['name']}({json.dumps(c['function']['arguments'], ensure_ascii=False)})"
+                        for c in m.get('tool_calls') or [])
+        content = (content + calls).strip()
         think = (f'<div style="color:#868e96;font-style:italic;white-space:pre-wrap">{html.escape(reasoning)}</div>'
                  if reasoning else '')
         rows.append(f'<div style="margin:4px 0;padding:6px 10px;border-radius:8px;background:{background};color:{color}">'
@@ -248,11 +253,13 @@ def conversation_html(messages:list) -> str:
 
 # %% ../nbs/16_chat.ipynb #182bc791
 class ChatWidget:
-    "A chat box for JupyterLab (ipywidgets): text box, Send/Reset, streamed reply, temperature and top-p sliders; a still in static docs."
+    "A chat box for JupyterLab (ipywidgets): text box, Send/Reset, streamed reply (or tool calls and results, with `tools`), temperature and top-p sliders; a still in static docs."
     def __init__(self, model:MiniMindForCausalLM, tokenizer:MiniMindTokenizer, system:Optional[str]=None,
-                 max_new_tokens:int=128, temperature:float=0.7, top_p:float=0.9, enable_thinking:Optional[bool]=None):
+                 max_new_tokens:int=128, temperature:float=0.7, top_p:float=0.9, enable_thinking:Optional[bool]=None,
+                 tools:Optional[ToolRegistry]=None):   # run the calls the model makes (chapter 15b), each step shown
         import ipywidgets as W   # an optional dependency: only the notebook needs it
         self.model, self.tokenizer, self.max_new_tokens, self.enable_thinking = model, tokenizer, max_new_tokens, enable_thinking
+        self.tools = tools
         self.start = [{'role': 'system', 'content': system}] if system else []
         self.messages = list(self.start)
         self.view = W.HTML(conversation_html(self.messages))
@@ -270,6 +277,13 @@ class ChatWidget:
         self.text.value = ''
         self.messages = fit_history(self.messages + [{'role': 'user', 'content': text}], self.tokenizer,
                                     self.model.config.max_position_embeddings - self.max_new_tokens, self.enable_thinking)
+        if self.tools is not None:   # call, result, ..., answer: the view grows by a step at a time
+            generate = model_generate(self.model, self.tokenizer, self.max_new_tokens, self.enable_thinking,
+                                      temperature=self.temperature.value, top_p=self.top_p.value)
+            shown = list(self.messages)
+            def step(message): shown.append(message); self.view.value = conversation_html(shown)
+            self.messages += run_with_tools(generate, self.messages, self.tools, on_step=step)
+            return self.messages[-1]['content']
         stream = ChatStream(self.model, self.tokenizer, self.messages, self.max_new_tokens, self.temperature.value,
                             self.top_p.value, enable_thinking=self.enable_thinking)
         reply = ''
