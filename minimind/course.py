@@ -7,9 +7,9 @@ Docs: https://minimind-course.github.io/minimind/course.html.md"""
 # %% auto #0
 __all__ = ['STAGES', 'RESULTS', 'PARENTS', 'CHAPTERS', 'paired_effect', 'CourseStage', 'measure_pretrain', 'measure_sft',
            'measure_lora', 'measure_dpo', 'measure_distill', 'measure_reason', 'measure_grpo', 'course_checkpoints',
-           'is_share', 'effect_text', 'run_course', 'effect_failures', 'reproduction_failures', 'value_text',
-           'change_text', 'stage_table', 'timing_text', 'eval_table', 'course_results', 'chapter_note', 'metric',
-           'plot_course', 'minimind_course', 'rounding_table', 'number_differences']
+           'is_share', 'effect_text', 'cpu_fingerprint', 'run_course', 'effect_failures', 'reproduction_failures',
+           'value_text', 'change_text', 'stage_table', 'timing_text', 'eval_table', 'course_results', 'chapter_note',
+           'metric', 'plot_course', 'minimind_course', 'rounding_table', 'number_differences']
 
 # %% ../nbs/20_course.ipynb #a88fcb29
 import json, math, os, platform, sys, tempfile, time
@@ -168,12 +168,19 @@ def effect_text(m:dict) -> str:
     se = '' if m['se'] is None else f" ± {2 * m['se']:.3f}"
     return f"{m['before']:.3f} -> {m['after']:.3f} ({m['delta']:+.3f}{se})"
 
+def cpu_fingerprint() -> str:
+    "What decides how CPU kernels round: torch's vector instruction set and the CPU's feature flags (hashed)."
+    import hashlib
+    try: flags = next(l for l in open('/proc/cpuinfo') if l.startswith('flags')).split(':', 1)[1].split()
+    except (OSError, StopIteration): flags = [platform.processor() or platform.machine()]
+    return f"{torch.backends.cpu.get_cpu_capability()}-{hashlib.sha1(' '.join(sorted(flags)).encode()).hexdigest()[:10]}"
+
 def run_course(root=None, scale:float=1.0, limit:Optional[int]=None, eval_limit:int=100, progress:bool=True,
                stages:list=None, command:str=None) -> dict:
     "Train (or find cached) every stage of the course, measure each on its held-out sets, evaluate every checkpoint; returns the results record."
     start, threads = time.perf_counter(), course_threads()
     saved_threads = torch.get_num_threads(); torch.set_num_threads(threads)   # training and measuring round alike
-    res = dict(command=command or 'run_course()', seed=COURSE_PRETRAIN['seed'], threads=threads,
+    res = dict(command=command or 'run_course()', seed=COURSE_PRETRAIN['seed'], threads=threads, cpu=cpu_fingerprint(),
                torch=torch.__version__.split('+')[0], python=platform.python_version(), machine=platform.machine(),
                corpus_version=CORPUS_VERSION, scale=scale, limit=limit, eval_limit=eval_limit, stages={})
     folders, timing = {}, {}
@@ -320,7 +327,7 @@ def plot_course(res:dict):
 def minimind_course(
     out:str='course-results/course.json',  # where to write the results (JSON); the plot goes beside it as course.png
     root:str=None,  # the course cache (default: MINIMIND_CACHE or ~/.cache/minimind, then course/)
-    check:str=None,  # a committed results file (nbs/results/course.json) this run must reproduce within --tolerance
+    check:str=None,  # a committed results file (nbs/results/course.json) this run must reproduce within --tolerance (compared when written on the same CPU kind, threads and torch, or when --tolerance is given)
     tolerance:float=0.0,  # the largest difference allowed by --check, per number (0: exactly, as on the machine that wrote it)
     scale:float=1.0,  # share of every recipe's steps: below 1 a quick rehearsal of the chain, cached apart (its effects are not checked)
     limit:int=None,  # held-out records per measure (default: all of them)
@@ -344,9 +351,14 @@ def minimind_course(
     plot_course(res).savefig(out_path.with_suffix('.png'), dpi=110)
     print(f"results in {out_path}, plot in {out_path.with_suffix('.png')}; {timing_text(res)}")
     problems = [] if scale != 1 else effect_failures(res)
-    if reference is not None: problems += reproduction_failures(res, reference, tolerance)
+    same_kind = reference is not None and all(reference.get(k) in (None, res[k]) for k in ('cpu', 'threads', 'torch'))
+    if reference is not None and (same_kind or tolerance > 0): problems += reproduction_failures(res, reference, tolerance)
+    elif reference is not None:   # another CPU, thread count or torch rounds otherwise: a different run (chapter 20)
+        print(f"--check {check}: written with cpu {reference.get('cpu')}, {reference.get('threads')} threads, torch "
+              f"{reference.get('torch')}; this run: cpu {res['cpu']}, {res['threads']} threads, torch {res['torch']}. Float "
+              "rounding differs, so the numbers are not compared (give --tolerance to compare them anyway); each stage's effect was checked")
     if problems: raise CliError('minimind_course: ' + '\n'.join(problems))
-    if reference is not None: print(f"every number of {check} reproduced (tolerance {tolerance:g})")
+    if reference is not None and (same_kind or tolerance > 0): print(f"every number of {check} reproduced (tolerance {tolerance:g})")
 
 # %% ../nbs/20_course.ipynb #d258fd72
 def rounding_table(res:dict, other:dict) -> str:

@@ -25,6 +25,7 @@ def test_the_course_run_writes_every_stage_its_measures_and_the_eval_table(first
     d, res = first_run
     assert list(res['stages']) == ['pretrain', 'sft', 'lora', 'dpo', 'distill', 'reason', 'grpo']
     assert (res['threads'], res['scale'], res['torch']) == (1, 0.005, torch.__version__.split('+')[0])
+    assert res['cpu'].startswith(torch.backends.cpu.get_cpu_capability() + '-')   # the CPU kind, for --check
     for name, st in res['stages'].items():
         m = st['metrics'][st['primary']]
         assert {'before', 'after', 'delta', 'se', 'n', 'beyond_noise', 'label'} <= set(m), name
@@ -47,6 +48,16 @@ def test_two_course_runs_agree_and_check_names_a_number_that_moved(first_run, tm
     (tmp_path / 'moved.json').write_text(json.dumps(moved))
     r = run('minimind.course:minimind_course', *QUICK, '--root', tmp_path / 'root', '--out', tmp_path / 'c.json',
             '--check', tmp_path / 'moved.json', cache=d / 'cache', env=dict(MINIMIND_THREADS='1'), timeout=1200)
+    assert r.returncode == 1 and 'stages.sft.metrics.format.after' in r.stderr, r.stderr[-2000:]
+    # the moved reference, as if written on another CPU kind: its numbers are not compared (rounding differs), unless a
+    # tolerance asks for it; then the moved number is named again
+    moved['cpu'] = 'AVX2-0123456789'
+    (tmp_path / 'elsewhere.json').write_text(json.dumps(moved))
+    r = run('minimind.course:minimind_course', *QUICK, '--root', tmp_path / 'root', '--out', tmp_path / 'd.json',
+            '--check', tmp_path / 'elsewhere.json', cache=d / 'cache', env=dict(MINIMIND_THREADS='1'), timeout=1200)
+    assert r.returncode == 0 and 'the numbers are not compared' in r.stdout and 'AVX2-0123456789' in r.stdout, r.stdout[-2000:]
+    r = run('minimind.course:minimind_course', *QUICK, '--root', tmp_path / 'root', '--out', tmp_path / 'e.json',
+            '--check', tmp_path / 'elsewhere.json', '--tolerance', '0.1', cache=d / 'cache', env=dict(MINIMIND_THREADS='1'), timeout=1200)
     assert r.returncode == 1 and 'stages.sft.metrics.format.after' in r.stderr, r.stderr[-2000:]
 
 
