@@ -124,21 +124,22 @@ def _render_tool_call(call:dict) -> str:
     return f'<tool_call>\n{{"name": "{call.get("name", "")}", "arguments": {arguments}}}\n</tool_call>'
 
 # %% ../nbs/02_tokenizer.ipynb #27ebfc3a
-def render_chat(messages:list, add_generation_prompt:bool=False, enable_thinking:Optional[bool]=None, tools:Optional[list]=None) -> str:
-    "Flatten `messages` (dicts with `role` and `content`) to exactly the text MiniMind2's chat template renders."
-    if not messages: raise ValueError("render_chat: `messages` is empty; pass at least one {'role': ..., 'content': ...} dict")
+def _render_turns(messages:list, tools:Optional[list], default_system:Optional[str], assistant, caller:str) -> list:
+    "The pieces both generations' templates share: the system turn (with the tools), user and tool turns; `assistant(message, content)` gives an assistant turn's text and the content its calls follow."
+    if not messages: raise ValueError(f"{caller}: `messages` is empty; pass at least one {{'role': ..., 'content': ...}} dict")
     first_is_system = messages[0].get('role') == 'system'
     if tools:
         parts = ['<|im_start|>system\n', messages[0]['content'] + '\n\n' if first_is_system else '', _TOOLS_HEADER]
         parts += ['\n' + _tojson(tool) for tool in tools] + [_TOOLS_FOOTER]
     elif first_is_system: parts = ['<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n']
-    else: parts = [f'<|im_start|>system\n{DEFAULT_SYSTEM_PROMPT}<|im_end|>\n']
+    else: parts = [f'<|im_start|>system\n{default_system}<|im_end|>\n'] if default_system else []
     for i, message in enumerate(messages):
         role, content = message.get('role'), message.get('content')
         content = content if isinstance(content, str) else ''  # e.g. None alongside tool_calls
         if role == 'user' or (role == 'system' and i > 0): parts.append(f'<|im_start|>{role}\n{content}<|im_end|>\n')
         elif role == 'assistant':
-            parts.append(f'<|im_start|>assistant\n{content}')
+            text, content = assistant(message, content)
+            parts.append('<|im_start|>assistant\n' + text)
             for j, call in enumerate(message.get('tool_calls') or []):
                 parts.append(('\n' if (j > 0 or content) else '') + _render_tool_call(call))
             parts.append('<|im_end|>\n')
@@ -146,10 +147,16 @@ def render_chat(messages:list, add_generation_prompt:bool=False, enable_thinking
             if i == 0 or messages[i-1].get('role') != 'tool': parts.append('<|im_start|>user')
             parts.append(f'\n<tool_response>\n{content}\n</tool_response>')
             if i == len(messages)-1 or messages[i+1].get('role') != 'tool': parts.append('<|im_end|>\n')
+    return parts
+
+def render_chat(messages:list, add_generation_prompt:bool=False, enable_thinking:Optional[bool]=None, tools:Optional[list]=None) -> str:
+    "Flatten `messages` (dicts with `role` and `content`) to exactly the text MiniMind2's chat template renders."
+    parts = _render_turns(messages, tools, DEFAULT_SYSTEM_PROMPT, lambda message, content: (content, content), 'render_chat')
     if add_generation_prompt:
         parts.append('<|im_start|>assistant\n')
         if enable_thinking is False: parts.append('<think>\n\n</think>\n\n')
     return ''.join(parts)
+
 
 # %% ../nbs/02_tokenizer.ipynb #07dc9fe3
 @functools.lru_cache(maxsize=8)
@@ -382,29 +389,14 @@ def _minimind3_reasoning(message:dict, content:str) -> tuple:
     before, after = content.split('</think>')[0], content.split('</think>')[-1]
     return before.rstrip('\n').split('<think>')[-1].lstrip('\n'), after.lstrip('\n')
 
+def _minimind3_assistant(message:dict, content:str) -> tuple:
+    "An assistant turn's text in minimind-3's template: its thinking block, then the reply; and the reply its calls follow."
+    reasoning, content = _minimind3_reasoning(message, content)
+    return f"<think>\n{reasoning.strip(chr(10))}\n</think>\n\n{content.lstrip(chr(10))}", content
+
 def render_minimind3_chat(messages:list, add_generation_prompt:bool=False, open_thinking:bool=False, tools:Optional[list]=None) -> str:
-    "Flatten `messages` to exactly the text minimind-3's chat template renders (a thinking block in every assistant turn)."
-    if not messages: raise ValueError("render_minimind3_chat: `messages` is empty; pass at least one {'role': ..., 'content': ...} dict")
-    first_is_system = messages[0].get('role') == 'system'
-    parts = []
-    if tools:
-        parts = ['<|im_start|>system\n', messages[0]['content'] + '\n\n' if first_is_system else '', _TOOLS_HEADER]
-        parts += ['\n' + _tojson(tool) for tool in tools] + [_TOOLS_FOOTER]
-    elif first_is_system: parts = ['<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n']   # no default prompt
-    for i, message in enumerate(messages):
-        role, content = message.get('role'), message.get('content')
-        content = content if isinstance(content, str) else ''
-        if role == 'user' or (role == 'system' and i > 0): parts.append(f'<|im_start|>{role}\n{content}<|im_end|>\n')
-        elif role == 'assistant':
-            reasoning, content = _minimind3_reasoning(message, content)
-            parts.append(f"<|im_start|>assistant\n<think>\n{reasoning.strip(chr(10))}\n</think>\n\n{content.lstrip(chr(10))}")
-            for j, call in enumerate(message.get('tool_calls') or []):
-                parts.append(('\n' if (j > 0 or content) else '') + _render_tool_call(call))
-            parts.append('<|im_end|>\n')
-        elif role == 'tool':
-            if i == 0 or messages[i-1].get('role') != 'tool': parts.append('<|im_start|>user')
-            parts.append(f'\n<tool_response>\n{content}\n</tool_response>')
-            if i == len(messages)-1 or messages[i+1].get('role') != 'tool': parts.append('<|im_end|>\n')
+    "Flatten `messages` to exactly the text minimind-3's chat template renders (a thinking block in every assistant turn, no default system prompt)."
+    parts = _render_turns(messages, tools, None, _minimind3_assistant, 'render_minimind3_chat')
     if add_generation_prompt: parts.append('<|im_start|>assistant\n' + ('<think>\n' if open_thinking is True else '<think>\n\n</think>\n\n'))
     return ''.join(parts)
 
