@@ -152,24 +152,30 @@ def test_import_back_is_exact(dense_export, moe_export, tmp_path):
         assert all(torch.equal(mine[k], resaved[k]) for k in mine)
 
 
-def test_reference_minimind2_weights_export(tmp_path):
-    "MiniMind2's own (reference) weights and tokenizer: the transformers export reproduces the reference outputs."
+def exported_reference(generation:str, name:str, arch:str, out):
+    """The reference fixture `generation/name` as our model, exported to transformers at `out`: checks that transformers loads
+    it as `arch` and reproduces the reference's logits and greedy tokens; returns (model, config, expected, folder)."""
     fixtures = fixtures_dir()
     if fixtures is None: pytest.skip('reference fixtures not found')
-    folder = fixtures / 'minimind2'
+    folder = fixtures / generation
     from safetensors.torch import load_file
+    config = MiniMindConfig.load(folder / f'{name}.config.json')
+    model = MiniMindForCausalLM.from_pretrained(folder / f'{name}.weights.safetensors', config=config).eval()
+    expected = load_file(str(folder / f'{name}.expected.safetensors'))
+    exported = to_hf(model, out, tokenizer=folder)
+    hf = AutoModelForCausalLM.from_pretrained(exported).eval()
+    assert type(hf).__name__ == arch
+    with torch.no_grad(): logits = hf(expected['input_ids']).logits
+    assert (logits - expected['logits']).abs().max().item() <= 1e-4
+    greedy = hf.generate(expected['greedy_ids'][:, :8], max_new_tokens=12, do_sample=False, eos_token_id=None, min_new_tokens=12)
+    assert greedy.tolist() == expected['greedy_ids'].tolist()
+    return model, config, expected, folder
+
+
+def test_reference_minimind2_weights_export(tmp_path):
+    "MiniMind2's own (reference) weights and tokenizer: the transformers export reproduces the reference outputs."
     for name, arch in (('dense_tiny', 'LlamaForCausalLM'), ('moe_tiny', 'GraniteMoeSharedForCausalLM')):
-        config = MiniMindConfig.load(folder / f'{name}.config.json')
-        model = MiniMindForCausalLM.from_pretrained(folder / f'{name}.weights.safetensors', config=config).eval()
-        expected = load_file(str(folder / f'{name}.expected.safetensors'))
-        out = to_hf(model, tmp_path / name, tokenizer=folder)
-        hf = AutoModelForCausalLM.from_pretrained(out).eval()
-        assert type(hf).__name__ == arch
-        with torch.no_grad(): logits = hf(expected['input_ids']).logits
-        assert (logits - expected['logits']).abs().max().item() <= 1e-4
-        prompt = expected['greedy_ids'][:, :8]
-        greedy = hf.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None, min_new_tokens=12)
-        assert greedy.tolist() == expected['greedy_ids'].tolist()
+        exported_reference('minimind2', name, arch, tmp_path / name)
     hf_tok = AutoTokenizer.from_pretrained(tmp_path / 'dense_tiny')  # MiniMind2's published tokenizer and template
     messages = [dict(role='user', content='你好')]
     assert hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == render_chat(messages, True)
@@ -178,20 +184,8 @@ def test_reference_minimind2_weights_export(tmp_path):
 @pytest.mark.parametrize('name, arch', [('dense_tiny', 'Qwen3ForCausalLM'), ('moe_tiny', 'Qwen3MoeForCausalLM'), ('yarn_tiny', 'Qwen3ForCausalLM')])
 def test_reference_minimind3_weights_export(tmp_path, name, arch):
     "minimind-3's reference weights and tokenizer: transformers' Qwen3 / Qwen3-MoE and the GGUF file (qwen3 / qwen3moe) reproduce the reference's logits; greedy tokens and the template match."
-    fixtures = fixtures_dir()
-    if fixtures is None: pytest.skip('reference fixtures not found')
-    folder = fixtures / 'minimind3'
-    from safetensors.torch import load_file
-    config = MiniMindConfig.load(folder / f'{name}.config.json')
-    model = MiniMindForCausalLM.from_pretrained(folder / f'{name}.weights.safetensors', config=config).eval()
-    expected = load_file(str(folder / f'{name}.expected.safetensors'))
-    out = to_hf(model, tmp_path / name, tokenizer=folder)
-    hf = AutoModelForCausalLM.from_pretrained(out).eval()
-    assert type(hf).__name__ == arch
-    with torch.no_grad(): logits = hf(expected['input_ids']).logits
-    assert (logits - expected['logits']).abs().max().item() <= 1e-4
-    greedy = hf.generate(expected['greedy_ids'][:, :8], max_new_tokens=12, do_sample=False, eos_token_id=None, min_new_tokens=12)
-    assert greedy.tolist() == expected['greedy_ids'].tolist()
+    out = tmp_path / name
+    model, config, expected, folder = exported_reference('minimind3', name, arch, out)
     back = from_hf(out)
     assert back.config == config and all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))
     from minimind.tokenizer import render_minimind3_chat
