@@ -344,10 +344,10 @@ def check_out_dir(path) -> Path:
 
 # %% ../nbs/09_trainer.ipynb #847abad5
 def read_weights(ckpt) -> dict:
-    "Every tensor of checkpoint folder `ckpt`'s weights (`model.safetensors`, else each `*.safetensors` a stage wrote), checked readable and finite; `CheckpointError` naming the file otherwise."
+    "Every tensor of checkpoint folder `ckpt`'s weights (each `*.safetensors` a stage wrote: `model.safetensors`, a LoRA adapter, PPO's critic beside the policy), checked readable and finite; `CheckpointError` naming the file otherwise."
     from safetensors.torch import load_file
     ckpt = Path(ckpt)
-    files = [ckpt / 'model.safetensors'] if (ckpt / 'model.safetensors').exists() else sorted(ckpt.glob('*.safetensors'))
+    files = sorted(ckpt.glob('*.safetensors'), key=lambda f: (f.name != 'model.safetensors', f.name))
     if not files: raise CheckpointError(f"{ckpt / 'model.safetensors'}: missing")
     weights = {}
     for f in files:
@@ -855,12 +855,12 @@ def _optimizer_step(self:Trainer, lr:float) -> Optional[float]:
     return norm
 
 @patch
-def _train_step(self:Trainer, batches, lr:float) -> tuple:
-    "One optimizer step: `accum` micro-steps, the one all-reduce of the step's numbers, the checks, the update; `(record, tokens, stop)`."
+def _update(self:Trainer, micro_batches, lr:float) -> tuple:
+    "One optimizer update on `micro_batches` (`accum` of them): micro-steps, the one all-reduce of their numbers, the checks, the step; `(loss, tokens, stop, grad_norm, metrics)`."
     cfg = self.cfg
     loss_sum, tokens, sums = torch.zeros((), device=self.device), 0, {}
-    for micro in range(cfg.accum):
-        loss, metrics, n = self._micro_step(next(batches), last=micro == cfg.accum - 1)
+    for micro, batch in enumerate(micro_batches):
+        loss, metrics, n = self._micro_step(batch, last=micro == cfg.accum - 1)
         loss_sum, tokens = loss_sum + loss, tokens + n
         for k, v in metrics.items(): sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float32, device=self.device)
     keys = sorted(sums)  # the same keys on every rank
@@ -875,12 +875,39 @@ def _train_step(self:Trainer, batches, lr:float) -> tuple:
         raise NonFiniteLossError(f"loss is {step_loss} at step {self.step + 1} (lr {lr:.2e}); weights were not updated with it; "
                                  f"{self._last_good()}. Lower --lr, raise --warmup_steps, use bfloat16 instead of float16, or check "
                                  f"the data; then resume with --resume.")
-    grad_norm = self._optimizer_step(lr)
+    return step_loss, step_tokens, stop, self._optimizer_step(lr), dict(zip(keys, values[3:]))
+
+@patch
+def _stop_updates(self:Trainer, u:int) -> bool:
+    "Whether the loss function's `stop_before(model, u)` says to end this batch's updates before update `u` (any rank saying so stops all)."
+    ask = getattr(self.loss_fn, 'stop_before', None)
+    if ask is None: return False
+    flag = torch.tensor(float(bool(ask(self.backend.eval_model, u))), device=self.device)
+    if self.env.distributed: dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+@patch
+def _train_step(self:Trainer, batches, lr:float) -> tuple:
+    "One step: one optimizer update, or `loss_fn.updates` of them on the same micro-batches (PPO's epochs over one rollout; each call sees `update` and `micro` in its batch), ended early when `loss_fn.stop_before` says so; `(record, tokens, stop)`."
+    updates = getattr(self.loss_fn, 'updates', 1)
+    if updates == 1: done = [self._update((next(batches) for _ in range(self.cfg.accum)), lr)]
+    else:
+        held = [next(batches) for _ in range(self.cfg.accum)]   # the step's batches, reused by every update
+        done = []
+        for u in range(updates):
+            if u and self._stop_updates(u): break
+            done.append(self._update([dict(b, update=u, micro=m) for m, b in enumerate(held)], lr))
+    mean = lambda xs: sum(xs) / len(xs)
+    step_tokens, stop = sum(d[1] for d in done), any(d[2] for d in done)
+    norms = [d[3] for d in done if d[3] is not None]
+    metrics = {k: mean([d[4][k] for d in done]) for k in done[0][4]}   # each update's numbers, averaged
     self.step += 1
     self.tokens_seen += step_tokens
-    record = dict(step=self.step, epoch=self.epoch, loss=step_loss, lr=lr, grad_norm=grad_norm, skipped=self.skipped_steps,
-                  tokens=self.tokens_seen, **dict(zip(keys, values[3:])))
+    record = dict(step=self.step, epoch=self.epoch, loss=mean([d[0] for d in done]), lr=lr,
+                  grad_norm=mean(norms) if norms else None, skipped=self.skipped_steps, tokens=self.tokens_seen, **metrics)
+    if updates > 1: record['updates'] = len(done)
     return record, step_tokens, stop
+
 
 # %% ../nbs/09_trainer.ipynb #5a9c801f
 @patch

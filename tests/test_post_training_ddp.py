@@ -1,4 +1,4 @@
-"""Every post-training command (chapters 11-15) under `torchrun --nproc_per_node 2` (DDP, gloo on CPU): it trains,
+"""Every post-training command (chapters 11-15c) under `torchrun --nproc_per_node 2` (DDP, gloo on CPU): it trains,
 both ranks consume their own shard of the data (the checkpoint's position counts both), and only rank 0 writes the
 model. The single-process runs and their resume are tested in each stage's own test file."""
 import json
@@ -34,6 +34,11 @@ STAGES = {  # stage: (console script, its flags beyond --init/--out, the file th
     # a fresh model earns no reward, so every advantage is 0 and so is the gradient: weight decay shows the step was taken
     'grpo': ('minimind.grpo:minimind_grpo', lambda f: ['--data', f['rl'], '--num_generations', '2', '--max_new_tokens', '8',
                                                         '--lr', '1e-3', '--weight_decay', '0.1'], 'model.safetensors'),
+    # chapter 15c: several updates per batch, the critic trained beside the policy; the repetition reward varies on a fresh model
+    'ppo': ('minimind.ppo:minimind_ppo', lambda f: ['--data', f['rl'], '--num_generations', '2', '--max_new_tokens', '8',
+                                                     '--lr', '1e-3', '--updates', '2', '--reward', 'repetition'], 'model.safetensors'),
+    'cispo': ('minimind.ppo:minimind_cispo', lambda f: ['--data', f['rl'], '--num_generations', '2', '--max_new_tokens', '8',
+                                                         '--lr', '1e-3', '--updates', '2', '--reward', 'repetition'], 'model.safetensors'),
 }
 
 
