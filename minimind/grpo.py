@@ -93,23 +93,24 @@ def rl_records(path, on_error:str='raise') -> list:
     return out
 
 class PromptDataset(Dataset):
-    "Chat prompts (token ids ending with the assistant's generation prompt) and their ground-truth answers (None: none)."
+    "Chat prompts (token ids ending with the assistant's generation prompt), their ground-truth answers (None: none) and their place in `records` (`index`: chapter 15d tracks a value per prompt)."
     def __init__(self, records:list, tokenizer:MiniMindTokenizer, max_prompt_len:int=256):
-        encoded = [(tokenizer.apply_chat_template(r['messages'], add_generation_prompt=True, tokenize=True), r['answer'])
-                   for r in records]
-        self.items = [(ids, answer) for ids, answer in encoded if len(ids) <= max_prompt_len]
+        encoded = [(tokenizer.apply_chat_template(r['messages'], add_generation_prompt=True, tokenize=True), r['answer'], i)
+                   for i, r in enumerate(records)]
+        self.items = [item for item in encoded if len(item[0]) <= max_prompt_len]
         self.n_dropped = len(encoded) - len(self.items)  # prompts too long to keep
         if not self.items: raise ValueError(f"every prompt is longer than {max_prompt_len} tokens: raise --max_seq_len")
 
     def __len__(self): return len(self.items)
     def __getitem__(self, i:int) -> dict:
-        ids, answer = self.items[i]
-        return dict(prompt_ids=torch.tensor(ids), answer=answer)
+        ids, answer, index = self.items[i]
+        return dict(prompt_ids=torch.tensor(ids), answer=answer, index=index)
 
 def collate_prompts(batch:list, pad_id:int=0) -> dict:
-    "Left-pad prompts for generation (chapter 09a's `left_pad`): `prompt_ids`, `prompt_mask` (B, T) and the list of `answers`."
+    "Left-pad prompts for generation (chapter 09a's `left_pad`): `prompt_ids`, `prompt_mask` (B, T), the list of `answers` and the prompts' `index` (B,)."
     ids, mask = left_pad([item['prompt_ids'] for item in batch], pad_id)
-    return dict(prompt_ids=ids, prompt_mask=mask, answers=[item['answer'] for item in batch])
+    return dict(prompt_ids=ids, prompt_mask=mask, answers=[item['answer'] for item in batch],
+                index=torch.tensor([item.get('index', -1) for item in batch]))
 
 
 # %% ../nbs/15a_grpo.ipynb #a48c8d2b

@@ -258,12 +258,12 @@ def run_summary(trainer, out, start:float, noun:str='model', details=None) -> st
 SHARED_FLAGS = ('init', 'data', 'tokenizer', 'val_fraction', 'skip_bad_lines')
 
 def _own_flags(stage:type) -> list:
-    "The `Flag`s of the keyword arguments `stage` and its bases (up to `Stage`) add to `Stage.__init__`."
-    out = []
+    "The `Flag`s of the keyword arguments `stage` and its bases (up to `Stage`) add to `Stage.__init__`; a subclass's flag of a base's name (its own default and help) takes the base's place."
+    out = {}
     for cls in reversed(stage.__mro__):
         if cls is Stage or not issubclass(cls, Stage) or '__init__' not in cls.__dict__: continue
-        out += [f for f in function_flags(cls.__init__) if f.name not in ('self', 'cfg') and f.name not in SHARED_FLAGS]
-    return out
+        out.update((f.name, f) for f in function_flags(cls.__init__) if f.name not in ('self', 'cfg') and f.name not in SHARED_FLAGS)
+    return list(out.values())
 
 class StageCommand:
     "A stage's console-script function: `flags()` for `run_cli`; called with flag values, it trains and prints the last line."
