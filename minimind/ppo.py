@@ -224,14 +224,14 @@ def ppo_loss_fn(reference, tokenizer:MiniMindTokenizer, num_generations:int=8, m
 # %% ../nbs/15c_ppo.ipynb #7c475c33
 def group_loss_fn(reference, tokenizer:MiniMindTokenizer, num_generations:int=8, max_new_tokens:int=96, temperature:float=1.0,
                   top_p:float=1.0, clip_eps:float=0.2, beta:float=0.04, rewards:tuple=WITH_GROUND_TRUTH, updates:int=2,
-                  algo:str='cispo', eps_high:float=5.0):
-    "GRPO's group advantages with `updates` updates per batch, and the loss of `algo`: 'cispo' (clipped, detached importance weights) or 'grpo' (PPO's clip)."
+                  algo:str='cispo', eps_high:float=5.0, rollout=None):
+    "GRPO's group advantages with `updates` updates per batch, and the loss of `algo`: 'cispo' (clipped, detached importance weights) or 'grpo' (PPO's clip); `rollout` (default `scored_rollout`) samples and scores (chapter 15e passes a multi-turn one)."
     reference.eval().requires_grad_(False)
-    G, rollouts = num_generations, {}
+    G, rollouts, rollout = num_generations, {}, rollout or scored_rollout
     def loss_fn(model, batch):
         u, m = batch.get('update', 0), batch.get('micro', 0)
         if u == 0:
-            s = rollouts[m] = scored_rollout(model, reference, tokenizer, batch, G, max_new_tokens, temperature, top_p, rewards)
+            s = rollouts[m] = rollout(model, reference, tokenizer, batch, G, max_new_tokens, temperature, top_p, rewards)
             s['advantages'] = group_advantages(s['total'], G).to(s['seqs'].device)
         s = rollouts[m]
         logp = token_logprobs(model, s['seqs'], s['full_mask'], s['replies'].shape[1])   # the wrapped model: DDP syncs its grads
