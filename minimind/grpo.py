@@ -8,9 +8,9 @@ Docs: https://minimind-course.github.io/minimind/grpo.html.md"""
 __all__ = ['REWARDS', 'WITH_GROUND_TRUTH', 'WITHOUT_GROUND_TRUTH', 'REWARDS_FILE', 'ONE_DIGIT', 'grpo_cli', 'minimind_grpo',
            'COURSE_GRPO', 'format_reward', 'answer_reward', 'group_advantages', 'k3_kl', 'grpo_loss', 'rl_records',
            'PromptDataset', 'collate_prompts', 'reply_units', 'length_reward', 'repetition_reward', 'Reward',
-           'parse_rewards', 'active_rewards', 'one_digit_problems', 'in_grpo_heldout', 'one_digit_records',
-           'one_digit_rl', 'reply_mask', 'token_logprobs', 'sample_groups', 'grpo_loss_fn', 'GRPO', 'grpo',
-           'sampled_pass_rate', 'course_grpo']
+           'parse_rewards', 'active_rewards', 'RewardModel', 'one_digit_problems', 'in_grpo_heldout',
+           'one_digit_records', 'one_digit_rl', 'reply_mask', 'token_logprobs', 'sample_groups', 'score_replies',
+           'grpo_loss_fn', 'GRPO', 'grpo', 'sampled_pass_rate', 'course_grpo']
 
 # %% ../nbs/15a_grpo.ipynb #ec678d51
 import copy, json, random, re, zlib
@@ -139,16 +139,18 @@ def repetition_reward(reply:str, n:int=3) -> float:
 # %% ../nbs/15a_grpo.ipynb #88da20cb
 @dataclass(frozen=True)
 class Reward:
-    "A named reward for `--reward`: `fn(reply)`, or `fn(reply, answer)` when it `needs_answer`, a float in [0, 1]."
-    fn: Callable
+    "A named reward for `--reward`: `fn(reply)`, or `fn(reply, answer)` when it `needs_answer`, a float in [0, 1]; `needs_model`: a reward model scores it (`score_replies`)."
+    fn: Optional[Callable]
     needs_answer: bool = False
+    needs_model: bool = False
     def __call__(self, reply:str, answer=None) -> float:
+        if self.needs_model: raise ValueError("a reward model scores replies in batches, with their prompts: use score_replies")
         if not self.needs_answer: return self.fn(reply)
         if answer is None: raise ValueError("this reward checks replies against a ground-truth answer, and the prompt has none")
         return self.fn(reply, answer)
 
 REWARDS = {'answer': Reward(answer_reward, needs_answer=True), 'format': Reward(format_reward),
-           'length': Reward(length_reward), 'repetition': Reward(repetition_reward)}
+           'length': Reward(length_reward), 'repetition': Reward(repetition_reward), 'model': Reward(None, needs_model=True)}
 WITH_GROUND_TRUTH = ('answer', 'format')                 # the default when every prompt has a ground-truth answer
 WITHOUT_GROUND_TRUTH = ('format', 'length', 'repetition')  # the default otherwise
 REWARDS_FILE = 'rewards.json'                            # what a run writes to --out: the rewards it used
@@ -163,8 +165,13 @@ def parse_rewards(value) -> Optional[tuple]:
                         f"{', '.join(REWARDS)} (a comma list, e.g. format,length)")
     return tuple(dict.fromkeys(names))   # in the order given, each once
 
-def active_rewards(names:Optional[tuple], records:list, source:str='the data') -> tuple:
-    "`(names, line)`: the rewards a run adds up (`names`, else the default for `records`) and the line that says so; a `FlagError` naming `--reward` when one needs ground truth some prompt lacks."
+def active_rewards(names:Optional[tuple], records:list, source:str='the data', reward_model:Optional[str]=None) -> tuple:
+    "`(names, line)`: the rewards a run adds up (`names`, else the default for `records`, plus `model` with a `reward_model`) and the line that says so; a `FlagError` naming `--reward` when one needs ground truth some prompt lacks, or a reward model none was given."
+    if names is not None and 'model' in names and not reward_model:
+        raise FlagError("--reward model: give the reward model's folder with --reward_model (a sequence classifier in transformers format)")
+    if names is None and reward_model:
+        names, line = active_rewards(None, records, source)
+        return names + ('model',), line.replace(' (', ', model (', 1) + f" (the reward model: {reward_model})"
     lacking = sum(r['answer'] is None for r in records)
     missing = (f"no prompt in {source} has a ground-truth answer" if lacking == len(records) else
                f"{lacking:,} of {len(records):,} prompts in {source} have no ground-truth answer") if lacking else ''
@@ -178,6 +185,38 @@ def active_rewards(names:Optional[tuple], records:list, source:str='the data') -
         raise FlagError(f"--reward {','.join(need)}: {missing} to check replies against; choose from {free}")
     return names, f"rewards: {', '.join(names)} (chosen with --reward)"
 
+
+# %% ../nbs/15a_grpo.ipynb #1b17c887
+class RewardModel:
+    "A one-label sequence classifier in transformers format from `folder` (safetensors only, no remote code): `(prompts, replies) -> sigmoid scores (N,)`."
+    def __init__(self, folder, device=None, batch_size:int=16):
+        folder, label = Path(folder), f"--reward_model {folder}"
+        try: from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        except ImportError: raise ImportError(f"{label}: reading a reward model needs transformers: pip install -e '.[hf]'") from None
+        if not (folder / 'config.json').is_file(): raise FileNotFoundError(f"{label}: no reward model there (no config.json)")
+        if not list(folder.glob('*.safetensors')): raise FileNotFoundError(f"{label}: no *.safetensors weights (other formats are not read: they can run code)")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            self.model = AutoModelForSequenceClassification.from_pretrained(str(folder), use_safetensors=True, trust_remote_code=False)
+        except (OSError, ValueError, KeyError) as e: raise ValueError(f"{label}: not a transformers sequence classifier ({str(e).splitlines()[0]})") from None
+        if self.model.config.num_labels != 1:
+            raise ValueError(f"{label}: a classifier with {self.model.config.num_labels} labels; a reward model has one")
+        if self.tokenizer.pad_token is None: self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model.eval().requires_grad_(False).to(device or 'cpu')
+        self.batch_size, self.folder = batch_size, folder
+
+    @torch.no_grad()
+    def scores(self, prompts:list, replies:list) -> torch.Tensor:
+        "The raw score of each prompt + reply, `(N,)`."
+        out, device = [], next(self.model.parameters()).device
+        texts = [p + r for p, r in zip(prompts, replies)]
+        for i in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(texts[i:i + self.batch_size], return_tensors='pt', padding=True, add_special_tokens=False)
+            out.append(self.model(**{k: v.to(device) for k, v in enc.items()}).logits[:, 0].float().cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def __call__(self, prompts:list, replies:list) -> torch.Tensor: return torch.sigmoid(self.scores(prompts, replies))
 
 # %% ../nbs/15a_grpo.ipynb #eeeb92cc
 ONE_DIGIT = 'one-digit'  # the `--data` value that selects the course's one-digit arithmetic prompts
@@ -220,7 +259,7 @@ def token_logprobs(model, input_ids:torch.Tensor, attention_mask:torch.Tensor, n
 # %% ../nbs/15a_grpo.ipynb #f7286d92
 def sample_groups(model, tokenizer:MiniMindTokenizer, batch:dict, G:int, max_new_tokens:int=96, temperature:float=1.0,
                   top_p:float=1.0) -> dict:
-    "Sample `G` replies to each prompt of a `collate_prompts` batch (eval mode, no gradient): `seqs` (N = B*G, T + L), `prompt_mask`, `replies`, `mask` (N, L), decoded `texts` and `answers`."
+    "Sample `G` replies to each prompt of a `collate_prompts` batch (eval mode, no gradient): `seqs` (N = B*G, T + L), `prompt_mask`, `replies`, `mask` (N, L), decoded `texts`, `answers` and `prompt_texts` (each prompt as the template rendered it)."
     device = next(model.parameters()).device
     prompts, prompt_mask = (batch[k].repeat_interleave(G, dim=0).to(device) for k in ('prompt_ids', 'prompt_mask'))  # each prompt G times
     was_training = model.training; model.eval()                                # sampling: no dropout
@@ -232,19 +271,31 @@ def sample_groups(model, tokenizer:MiniMindTokenizer, batch:dict, G:int, max_new
     replies = seqs[:, prompts.shape[1]:]                                       # (N, L)
     mask = reply_mask(replies, tokenizer.eos_token_id)                         # (N, L)
     texts = [tokenizer.decode(row[:int(m.sum())].tolist()) for row, m in zip(replies, mask)]
+    prompt_texts = [tokenizer.decode(row[m.bool()].tolist()) for row, m in zip(batch['prompt_ids'], batch['prompt_mask'])]
     return dict(seqs=seqs, prompt_mask=prompt_mask, replies=replies, mask=mask, texts=texts,
-                answers=[a for a in batch['answers'] for _ in range(G)])
+                answers=[a for a in batch['answers'] for _ in range(G)], prompt_texts=[p for p in prompt_texts for _ in range(G)])
 
 # %% ../nbs/15a_grpo.ipynb #2fe506fa
+def score_replies(rewards:tuple, s:dict, reward_model=None) -> dict:
+    "Each reward of `rewards` for every sampled reply of `s` (`sample_groups`' dict): name -> `(N,)`; `model` asks `reward_model` about the prompts and replies together."
+    out = {}
+    for name in rewards:
+        if REWARDS[name].needs_model:
+            if reward_model is None: raise ValueError("the 'model' reward needs a reward model (--reward_model)")
+            out[name] = reward_model(s['prompt_texts'], s['texts'])
+        else: out[name] = torch.tensor([REWARDS[name](t, a) for t, a in zip(s['texts'], s['answers'])])
+    return out
+
 def grpo_loss_fn(reference, tokenizer:MiniMindTokenizer, num_generations:int=8, max_new_tokens:int=96,
-                 temperature:float=1.0, top_p:float=1.0, clip_eps:float=0.2, beta:float=0.04, rewards:tuple=WITH_GROUND_TRUTH):
-    "A `loss_fn(model, batch) -> (loss, metrics)` that samples `num_generations` replies per prompt, scores them with the sum of `rewards` (names in `REWARDS`) and returns the GRPO loss."
+                 temperature:float=1.0, top_p:float=1.0, clip_eps:float=0.2, beta:float=0.04, rewards:tuple=WITH_GROUND_TRUTH,
+                 reward_model=None):
+    "A `loss_fn(model, batch) -> (loss, metrics)` that samples `num_generations` replies per prompt, scores them with the sum of `rewards` (names in `REWARDS`; `model` needs a `RewardModel`) and returns the GRPO loss."
     reference.eval().requires_grad_(False)
     G = num_generations
     def loss_fn(model, batch):
         s = sample_groups(unwrap(model), tokenizer, batch, G, max_new_tokens, temperature, top_p)  # generate: the plain module
         seqs, prompt_mask, replies, mask, texts, answers = s['seqs'], s['prompt_mask'], s['replies'], s['mask'], s['texts'], s['answers']
-        scores = {name: torch.tensor([REWARDS[name](t, a) for t, a in zip(texts, answers)]) for name in rewards}  # each (N,)
+        scores = score_replies(rewards, s, reward_model)                      # each (N,)
         total = sum(scores.values())                                           # (N,)
         advantages = group_advantages(total, G).to(seqs.device)                # (N,)
         full_mask = torch.cat([prompt_mask, mask], dim=1)                      # (N, T + L)
@@ -285,7 +336,8 @@ class GRPO(Stage):
                  clip_eps:float=0.2,  # PPO clip range of the probability ratio
                  temperature:float=1.0,  # sampling temperature of the replies
                  top_p:float=1.0,  # nucleus sampling of the replies (1: off)
-                 reward:str=None,  # rewards to add up, a comma list of answer, format, length, repetition; default: answer,format when every prompt has a ground-truth answer, else format,length,repetition
+                 reward:str=None,  # rewards to add up, a comma list of answer, format, length, repetition, model; default: answer,format when every prompt has a ground-truth answer, else format,length,repetition (and model with --reward_model)
+                 reward_model:str=None,  # folder of a reward model (a one-label sequence classifier in transformers format) for the 'model' reward
                  **shared):
         super().__init__(cfg, **shared)
         self.G = check_flag('num_generations', num_generations, low=2)   # GRPO compares replies within a group
@@ -294,6 +346,7 @@ class GRPO(Stage):
         self.temperature = check_flag('temperature', temperature, low=0, low_open=True)
         self.top_p = check_flag('top_p', top_p, low=0, high=1, low_open=True)
         self.reward_choice = parse_rewards(reward)       # an unknown name stops here, before any work
+        self.reward_model_dir, self.reward_model = reward_model, None
 
     def check(self):
         "Read the prompts and settle the rewards, before any other work: `--reward answer` without ground truth stops here."
@@ -301,7 +354,8 @@ class GRPO(Stage):
         else:
             path = data_path(self.data, 'rl')
             self.records, source = rl_records(path, self.on_error), f'--data {path}'
-        self.rewards, self.reward_line = active_rewards(self.reward_choice, self.records, source)
+        self.rewards, self.reward_line = active_rewards(self.reward_choice, self.records, source, self.reward_model_dir)
+        if 'model' in self.rewards: self.reward_model = RewardModel(self.reward_model_dir)
 
     def datasets(self) -> tuple:
         if self.env.is_main: print(self.reward_line)
@@ -309,7 +363,11 @@ class GRPO(Stage):
 
     def loss(self, model):
         return grpo_loss_fn(copy.deepcopy(model), self.tokenizer, self.G, self.max_new_tokens, self.temperature, self.top_p,
-                            self.clip_eps, self.beta, self.rewards)   # the reference: a frozen copy of the starting weights
+                            self.clip_eps, self.beta, self.rewards, self.placed_reward_model())   # the reference: a frozen copy of the starting weights
+    def placed_reward_model(self):
+        "The reward model (None without one), on this process's device."
+        if self.reward_model is not None: self.reward_model.model.to(self.env.device)
+        return self.reward_model
     def collate(self): return partial(collate_prompts, pad_id=self.tokenizer.pad_token_id)
     def describe(self, model) -> str:
         return f" ({self.G} replies each, up to {self.max_new_tokens} new tokens, beta {self.beta}, rewards {'+'.join(self.rewards)})"

@@ -25,7 +25,7 @@ from .model import MiniMindForCausalLM, MiniMindModel
 from .trainer import Trainer, TrainConfig, atomic_write_text, unwrap
 from .stage import course_run, recipe_id, recipe_config
 from .grpo import GRPO, REWARDS, WITH_GROUND_TRUTH, ONE_DIGIT, COURSE_GRPO, group_advantages, k3_kl, grpo_loss
-from .grpo import sample_groups, token_logprobs
+from .grpo import sample_groups, token_logprobs, score_replies
 from .reason import course_reason
 
 # %% ../nbs/15c_ppo.ipynb #92949e69
@@ -168,10 +168,10 @@ def _reply_logprobs_values(model, s:dict, with_values:bool=True) -> tuple:
     return logp, (out.values[:, -n - 1:-1].float() if with_values else None)
 
 def scored_rollout(model, reference, tokenizer:MiniMindTokenizer, batch:dict, G:int, max_new_tokens:int, temperature:float,
-                   top_p:float, rewards:tuple) -> dict:
-    "Sample `G` replies per prompt, score them with the sum of `rewards`, add the reference's log-probs: `sample_groups`'s dict and `total`, `scores`, `full_mask`, `logp_ref`."
+                   top_p:float, rewards:tuple, reward_model=None) -> dict:
+    "Sample `G` replies per prompt, score them with the sum of `rewards` (chapter 15a's `score_replies`), add the reference's log-probs: `sample_groups`'s dict and `total`, `scores`, `full_mask`, `logp_ref`."
     s = sample_groups(unwrap(model), tokenizer, batch, G, max_new_tokens, temperature, top_p)   # generate: the plain module
-    s['scores'] = {name: torch.tensor([REWARDS[name](t, a) for t, a in zip(s['texts'], s['answers'])]) for name in rewards}
+    s['scores'] = score_replies(rewards, s, reward_model)
     s['total'] = sum(s['scores'].values()).to(s['seqs'].device)
     s['full_mask'] = torch.cat([s['prompt_mask'], s['mask']], dim=1)
     if next(reference.parameters()).device != s['seqs'].device: reference.to(s['seqs'].device)
@@ -187,7 +187,7 @@ def last_token_rewards(total:torch.Tensor, mask:torch.Tensor) -> torch.Tensor:
 
 def ppo_loss_fn(reference, tokenizer:MiniMindTokenizer, num_generations:int=8, max_new_tokens:int=96, temperature:float=1.0,
                 top_p:float=1.0, clip_eps:float=0.2, beta:float=0.02, rewards:tuple=WITH_GROUND_TRUTH, updates:int=2,
-                gamma:float=1.0, lam:float=0.95, vf_coef:float=0.5, value_clip:float=0.2, target_kl:float=0.25):
+                gamma:float=1.0, lam:float=0.95, vf_coef:float=0.5, value_clip:float=0.2, target_kl:float=0.25, reward_model=None):
     "PPO's `loss_fn(model, batch)` for an `ActorCritic`: samples on update 0, then `updates` clipped updates of policy and critic on the samples, stopping early past `target_kl` (0: never)."
     reference.eval().requires_grad_(False)
     rollouts = {}                                               # micro-batch index -> its samples and old numbers
@@ -195,7 +195,7 @@ def ppo_loss_fn(reference, tokenizer:MiniMindTokenizer, num_generations:int=8, m
         u, m = batch.get('update', 0), batch.get('micro', 0)
         if u == 0:
             s = rollouts[m] = scored_rollout(model, reference, tokenizer, batch, num_generations, max_new_tokens, temperature,
-                                             top_p, rewards)
+                                             top_p, rewards, reward_model)
         s = rollouts[m]; mask = s['mask'].float()
         logp, values = _reply_logprobs_values(model, s)
         if u == 0:                                              # the old policy and the old critic: this very forward
@@ -224,14 +224,14 @@ def ppo_loss_fn(reference, tokenizer:MiniMindTokenizer, num_generations:int=8, m
 # %% ../nbs/15c_ppo.ipynb #7c475c33
 def group_loss_fn(reference, tokenizer:MiniMindTokenizer, num_generations:int=8, max_new_tokens:int=96, temperature:float=1.0,
                   top_p:float=1.0, clip_eps:float=0.2, beta:float=0.04, rewards:tuple=WITH_GROUND_TRUTH, updates:int=2,
-                  algo:str='cispo', eps_high:float=5.0, rollout=None):
+                  algo:str='cispo', eps_high:float=5.0, rollout=None, reward_model=None):
     "GRPO's group advantages with `updates` updates per batch, and the loss of `algo`: 'cispo' (clipped, detached importance weights) or 'grpo' (PPO's clip); `rollout` (default `scored_rollout`) samples and scores (chapter 15e passes a multi-turn one)."
     reference.eval().requires_grad_(False)
     G, rollouts, rollout = num_generations, {}, rollout or scored_rollout
     def loss_fn(model, batch):
         u, m = batch.get('update', 0), batch.get('micro', 0)
         if u == 0:
-            s = rollouts[m] = rollout(model, reference, tokenizer, batch, G, max_new_tokens, temperature, top_p, rewards)
+            s = rollouts[m] = rollout(model, reference, tokenizer, batch, G, max_new_tokens, temperature, top_p, rewards, reward_model)
             s['advantages'] = group_advantages(s['total'], G).to(s['seqs'].device)
         s = rollouts[m]
         logp = token_logprobs(model, s['seqs'], s['full_mask'], s['replies'].shape[1])   # the wrapped model: DDP syncs its grads
@@ -281,7 +281,7 @@ class PPO(GRPO):
     def loss(self, model):
         return ppo_loss_fn(copy.deepcopy(model.policy()), self.tokenizer, self.G, self.max_new_tokens, self.temperature, self.top_p,
                            self.clip_eps, self.beta, self.rewards, self.updates, self.gamma, self.lam, self.vf_coef,
-                           self.value_clip, self.target_kl)
+                           self.value_clip, self.target_kl, self.placed_reward_model())
     def describe(self, model) -> str:
         return (f" ({self.G} replies each, up to {self.max_new_tokens} new tokens, {self.updates} updates per batch, "
                 f"target KL {self.target_kl}, beta {self.beta}, rewards {'+'.join(self.rewards)})")
@@ -308,7 +308,8 @@ class CISPO(GRPO):
 
     def loss(self, model):
         return group_loss_fn(copy.deepcopy(model), self.tokenizer, self.G, self.max_new_tokens, self.temperature, self.top_p,
-                             self.clip_eps, self.beta, self.rewards, self.updates, self.algo, self.eps_high)
+                             self.clip_eps, self.beta, self.rewards, self.updates, self.algo, self.eps_high,
+                             reward_model=self.placed_reward_model())
     def describe(self, model) -> str:
         return super().describe(model)[:-1] + f", {self.updates} updates per batch, loss {self.algo})"
 

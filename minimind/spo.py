@@ -83,11 +83,11 @@ def _everyone(*tensors) -> tuple:
     return tuple(out)
 
 def spo_loss_fn(reference, tokenizer:MiniMindTokenizer, num_generations:int=1, max_new_tokens:int=96, temperature:float=1.0,
-                top_p:float=1.0, beta:float=0.04, rewards:tuple=WITH_GROUND_TRUTH):
+                top_p:float=1.0, beta:float=0.04, rewards:tuple=WITH_GROUND_TRUTH, reward_model=None):
     "SPO's `loss_fn(model, batch)` for an `SPOPolicy`: sample, score (rewards averaged into [0, 1]), advantage against the prompt's tracked value, REINFORCE + k3 KL; then update the values."
     reference.eval().requires_grad_(False)
     def loss_fn(model, batch):
-        s = scored_rollout(model, reference, tokenizer, batch, num_generations, max_new_tokens, temperature, top_p, rewards)
+        s = scored_rollout(model, reference, tokenizer, batch, num_generations, max_new_tokens, temperature, top_p, rewards, reward_model)
         values = unwrap(model).prompt_values
         index = batch['index'].to(s['seqs'].device).repeat_interleave(num_generations)
         reward = s['total'] / len(rewards)                                      # in [0, 1]: a success rate
@@ -126,7 +126,7 @@ class SPO(GRPO):
         return SPOPolicy.from_policy(super().model(), len(self.records), self.d_half, self.rho_min, self.rho_max)
     def loss(self, model):
         return spo_loss_fn(copy.deepcopy(model.policy()), self.tokenizer, self.G, self.max_new_tokens, self.temperature, self.top_p,
-                           self.beta, self.rewards)
+                           self.beta, self.rewards, self.placed_reward_model())
     def describe(self, model) -> str:
         return (f" ({self.G} reply each, up to {self.max_new_tokens} new tokens, values of {len(self.records):,} prompts, "
                 f"beta {self.beta}, rewards {'+'.join(self.rewards)})")

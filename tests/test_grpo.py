@@ -161,4 +161,4 @@ def test_rule_rewards_point_the_right_way():
     assert repetition_reward(looping) < repetition_reward(varied)
     assert length_reward(varied) > length_reward(' '.join(['word'] * 380) + '<|im_end|>') > length_reward(' '.join(['word'] * 380))
     assert length_reward(varied) > length_reward('Yes.<|im_end|>')
-    assert all(0 <= REWARDS[name](looping, 'x') <= 1 for name in REWARDS)
+    assert all(0 <= REWARDS[name](looping, 'x') <= 1 for name in REWARDS if not REWARDS[name].needs_model)   # 'model': a reward model scores it
