@@ -335,7 +335,7 @@ def _rl_runs() -> dict:
     "name -> (chapter, what it is for, how to train it (root -> folder)) of every run `minimind_rl_results` measures on the one-digit problems."
     from minimind.ppo import course_ppo, course_cispo
     from minimind.spo import course_spo
-    return {'grpo-2': ('15c', 'GRPO with two updates per batch (its clip acts)', lambda root: course_cispo(root, name='grpo-2', algo='grpo')),
+    return {'grpo-2': ('15c', 'GRPO with two updates per batch (room for its clip)', lambda root: course_cispo(root, name='grpo-2', algo='grpo')),
             'cispo': ('15c', 'two updates per batch, every token keeps learning', lambda root: course_cispo(root)),
             'ppo': ('15c', 'learn a critic, two clipped updates per batch', lambda root: course_ppo(root)),
             'spo': ('15d', 'one reply per prompt against a tracked value', lambda root: course_spo(root))}
@@ -344,7 +344,7 @@ def _curve_summary(folder, last:int=10) -> dict:
     "Means over the last `last` logged steps of a run's reward, KL and token shares (those it logged)."
     from minimind.trainer import read_metrics
     recs = [r for r in read_metrics(folder) if 'reward' in r][-last:]
-    keys = ('reward', 'kl', 'kept', 'clipped', 'approx_kl', 'explained_variance', 'value_loss', 'baseline', 'answer_reward', 'calls_reward')
+    keys = ('reward', 'kl', 'kept', 'clipped', 'approx_kl', 'explained_variance', 'value_loss', 'baseline', 'answer_reward', 'calls_reward', 'tool_calls_reward')
     return {k: sum(r[k] for r in recs) / len(recs) for k in keys if recs and all(k in r for r in recs)}
 
 def measure_rl(root=None, limit:Optional[int]=None, n_per_kind:int=40) -> dict:
