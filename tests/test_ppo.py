@@ -149,3 +149,18 @@ def test_cispo_and_grpo_through_several_updates_on_rlaif_prompts(tmp_path):
         assert 'rewards: format, length, repetition' in r.stdout, r.stdout[-1500:]
         rec = read_metrics(out)[-1]
         assert rec['updates'] == 2 and 0 <= rec['kept'] <= 1 and 'clipped' in rec
+
+
+def test_cispo_resume_is_exact(tmp_path, reasoning_files):
+    "CISPO with two updates per batch: 3 steps straight = 2 steps + resume, bit for bit (the updates stay within a step)."
+    from safetensors.torch import load_file
+    common = ['--init', reasoning_files['init'], '--data', reasoning_files['rl'], '--batch_size', '2', '--num_generations', '3',
+              '--max_new_tokens', '8', '--save_every', '2', '--log_every', '1', '--lr', '1e-3', '--warmup_steps', '1',
+              '--min_lr', '1e-3', '--updates', '2', '--reward', 'repetition,format']
+    assert run(CISPO, *common, '--out', tmp_path / 'straight', '--steps', '3').returncode == 0
+    assert run(CISPO, *common, '--out', tmp_path / 'resumed', '--steps', '2').returncode == 0
+    r = run(CISPO, *common, '--out', tmp_path / 'resumed', '--steps', '3', '--resume')
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = (load_file(str(tmp_path / d / 'model.safetensors')) for d in ('straight', 'resumed'))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [m['updates'] for m in read_metrics(tmp_path / 'resumed')] == [2, 2, 2]
