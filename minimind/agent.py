@@ -211,7 +211,7 @@ def collate_tasks(batch:list) -> dict:
 
 def pack_episodes(episodes:list, pad_id:int, device=None) -> dict:
     "Trajectories as one batch: `seqs` (N, T + L) with prompts left-padded and trajectories right-padded, `full_mask`, `replies` and `mask` (N, L: 1 on the model's tokens)."
-    prompts, _ = left_pad([torch.tensor(e.ids[:e.prompt_len]) for e in episodes], pad_id, device)
+    prompts, prompt_mask = left_pad([torch.tensor(e.ids[:e.prompt_len]) for e in episodes], pad_id, device)
     L = max(1, max(len(e.mask) for e in episodes))
     replies = torch.full((len(episodes), L), pad_id, dtype=torch.long, device=device)
     mask = torch.zeros((len(episodes), L), dtype=torch.long, device=device)
@@ -220,8 +220,6 @@ def pack_episodes(episodes:list, pad_id:int, device=None) -> dict:
         n = len(e.mask)
         replies[i, :n] = torch.tensor(e.ids[e.prompt_len:], device=device)
         mask[i, :n] = torch.tensor(e.mask, device=device); seen[i, :n] = 1
-    prompt_mask = torch.stack([torch.cat([torch.zeros(prompts.shape[1] - e.prompt_len, dtype=torch.long),
-                                          torch.ones(e.prompt_len, dtype=torch.long)]) for e in episodes]).to(prompts.device)
     return dict(seqs=torch.cat([prompts, replies], dim=1), full_mask=torch.cat([prompt_mask, seen], dim=1), replies=replies, mask=mask)
 
 def agent_rollout_fn(registry:ToolRegistry, engine:Optional[RolloutEngine]=None, max_turns:int=3, rewards:tuple=tuple(AGENT_REWARDS)):
@@ -377,11 +375,10 @@ def measure_rl(root=None, limit:Optional[int]=None, n_per_kind:int=40) -> dict:
                                        against_grpo=paired_effect(grpo_right, got), curves=_curve_summary(folder),
                                        recipe=json.loads((Path(folder) / 'course_run.json').read_text()))
         questions = tool_questions(n_per_kind)[:limit]
-        rows = {}
-        for key, folder in (('tools', course_tools(root)), ('agent', course_agent(root))):
-            rows[key] = tool_use(MiniMindForCausalLM.from_pretrained(folder).eval(), load_tokenizer(folder), questions)
+        folders = dict(tools=course_tools(root), agent=course_agent(root))
+        rows = {key: tool_use(MiniMindForCausalLM.from_pretrained(f).eval(), load_tokenizer(f), questions) for key, f in folders.items()}
         share = lambda key, field: sum(r[field] for r in rows[key]) / len(rows[key])
-        folder = course_agent(root)
+        folder = folders['agent']
         out['stages']['agent'] = dict(
             chapter='15e', purpose='call tools and use their results', primary='with_tools',
             metrics={'with_tools': dict(paired_effect([float(r['with_tools']) for r in rows['tools']], [float(r['with_tools']) for r in rows['agent']]),

@@ -315,6 +315,7 @@ class GRPO(Stage):
     defaults = dict(init='out/reason', out='out/grpo', steps=100, batch_size=8, lr=2e-5, weight_decay=0.0, log_every=1,
                     save_every=25)
     skip_flags = ('eval_every', 'eval_batches', 'val_fraction')   # prompts only: no validation loss
+    min_generations = 2            # GRPO compares replies within a group (a stage with another baseline allows 1)
     notes = dict(init='folder of the model to start from (the reasoning model: what minimind_reason writes); also the frozen reference',
                  data="prompts: RL JSONL {\"conversations\": [...], \"answer\": ...}, a reasoning JSONL (answer from <answer>), "
                       "MiniMind's RLAIF JSONL (rlaif-mini.jsonl, rlaif.jsonl: no answers); 'one-digit': the course's one-digit "
@@ -340,7 +341,7 @@ class GRPO(Stage):
                  reward_model:str=None,  # folder of a reward model (a one-label sequence classifier in transformers format) for the 'model' reward
                  **shared):
         super().__init__(cfg, **shared)
-        self.G = check_flag('num_generations', num_generations, low=2)   # GRPO compares replies within a group
+        self.G = check_flag('num_generations', num_generations, low=self.min_generations)
         self.max_new_tokens = check_flag('max_new_tokens', max_new_tokens, low=1)
         self.beta, self.clip_eps = check_flag('beta', beta, low=0), check_flag('clip_eps', clip_eps, low=0, low_open=True)
         self.temperature = check_flag('temperature', temperature, low=0, low_open=True)

@@ -253,6 +253,7 @@ def group_loss_fn(reference, tokenizer:MiniMindTokenizer, num_generations:int=8,
 class PPO(GRPO):
     "PPO from scratch: a critic (`ActorCritic`), GAE advantages, several clipped updates per rollout with early stopping on KL, a k3 KL penalty to the reference."
     name, title = 'ppo', 'PPO'
+    min_generations = 1            # the critic is the baseline: no group needed
     defaults = dict(GRPO.defaults, out='out/ppo')
     notes = dict(GRPO.notes, init='folder of the model to start from (the reasoning model: what minimind_reason writes); also the '
                                   'frozen reference, and the critic starts from a copy of its decoder',
@@ -266,9 +267,7 @@ class PPO(GRPO):
                  vf_coef:float=0.5,  # weight of the critic's value loss
                  value_clip:float=0.2,  # how far a value may move from its sampling-time value in one batch's updates
                  **options):
-        G = options.get('num_generations', 8)
-        super().__init__(cfg, **dict(options, num_generations=2))   # GRPO's checks of the shared flags; PPO needs no group
-        self.G = check_flag('num_generations', G, low=1)
+        super().__init__(cfg, **options)
         self.updates = check_flag('updates', updates, low=1)
         self.target_kl, self.gamma = check_flag('target_kl', target_kl, low=0), check_flag('gamma', gamma, low=0, high=1)
         self.lam, self.vf_coef = check_flag('lam', lam, low=0, high=1), check_flag('vf_coef', vf_coef, low=0)

@@ -107,6 +107,7 @@ def spo_loss_fn(reference, tokenizer:MiniMindTokenizer, num_generations:int=1, m
 class SPO(GRPO):
     "SPO from scratch: one reply per prompt, an advantage against the prompt's tracked success rate (a forgetting Beta posterior), REINFORCE + KL."
     name, title = 'spo', 'SPO'
+    min_generations = 1            # the prompt's tracked value is the baseline: no group needed
     defaults = dict(GRPO.defaults, out='out/spo', batch_size=64)
 
     def __init__(self, cfg:TrainConfig,
@@ -115,8 +116,7 @@ class SPO(GRPO):
                  rho_min:float=0.5,  # the fastest forgetting of a prompt's value (also sets the prior's weight)
                  rho_max:float=0.96,  # the slowest forgetting
                  **options):
-        super().__init__(cfg, **dict(options, num_generations=2))   # GRPO's checks of the shared flags; SPO needs no group
-        self.G = check_flag('num_generations', num_generations, low=1)
+        super().__init__(cfg, num_generations=num_generations, **options)
         self.d_half = check_flag('d_half', d_half, low=0, low_open=True)
         self.rho_min = check_flag('rho_min', rho_min, low=0, high=1, low_open=True)
         self.rho_max = check_flag('rho_max', rho_max, low=self.rho_min, high=1)
