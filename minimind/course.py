@@ -303,7 +303,7 @@ def metric(res:dict, stage:str, name:str=None) -> dict:
     return st['metrics'][name or st['primary']]
 
 CHAPTERS = {'10': '10_pretrain.ipynb', '11': '11_sft.ipynb', '12': '12_lora.ipynb', '13': '13_dpo.ipynb',
-            '14': '14_distill.ipynb', '15': '15_reason.ipynb', '15a': '15a_grpo.ipynb',
+            '14': '14_distill.ipynb', '15': '15_reason.ipynb', '15a': '15a_grpo.ipynb', '15b': '15b_tools.ipynb',   # tools: nbs/results/tools.json
             '15c': '15c_ppo.ipynb', '15d': '15d_spo.ipynb', '15e': '15e_agent.ipynb'}   # the RL family (nbs/results/rl.json)
 
 # %% ../nbs/20_course.ipynb #f50abd8b

@@ -21,7 +21,7 @@ from .tokenizer import load_tokenizer, MiniMindTokenizer
 from .model import MiniMindForCausalLM
 from .datasets import SFTDataset, chat_messages, collate_sft, labels_html, label_runs
 from .trainer import Trainer, TrainConfig, read_metrics
-from .stage import (Stage, data_path, tokenize_once, left_pad, checkpoint_tokenizer, course_run, recipe_id,
+from .stage import (Stage, data_path, tokenize_once, left_pad, checkpoint_tokenizer, course_run, course_recipe_for, recipe_id,
                             recipe_config)
 from .pretrain import course_pretrained
 
@@ -125,9 +125,9 @@ minimind_sft = sft_cli.main   # the console script
 # %% ../nbs/11_sft.ipynb #a9a1fe21
 COURSE_SFT = dict(steps=600, batch_size=32, max_seq_len=256, lr=1e-3, seed=42)
 
-def course_sft(root=None) -> Path:
-    "The course's SFT model (`COURSE_SFT`, from `course_pretrained()`), trained on first use and cached."
-    parent = course_pretrained(root)
-    r = dict(COURSE_SFT, parent=recipe_id(parent))
+def course_sft(root=None, family:str='minimind2') -> Path:
+    "The course's SFT model (`COURSE_SFT`, from `course_pretrained(root, family)`), trained on first use and cached."
+    parent = course_pretrained(root, family)
+    suffix, r = course_recipe_for(dict(COURSE_SFT, parent=recipe_id(parent)), family)
     def train(out): sft(recipe_config(out, r, eval_every=100, save_every=100), init=parent)
-    return course_run('sft', r, train, root)
+    return course_run('sft' + suffix, r, train, root)

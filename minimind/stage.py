@@ -8,7 +8,8 @@ Docs: https://minimind-course.github.io/minimind/stage.html.md"""
 __all__ = ['CHECKPOINT_HINT', 'FOLDER_WEIGHTS', 'WEIGHT_SUFFIXES', 'PUBLISHED_PRESETS', 'NOT_FLAGS', 'SHARED_FLAGS',
            'checkpoint_tokenizer', 'resolve_device', 'published_preset', 'load_checkpoint_folder', 'left_pad',
            'data_path', 'tokenize_once', 'train_flags', 'Stage', 'skipped_lines', 'run_summary', 'StageCommand',
-           'course_threads', 'course_settings', 'course_recipe', 'course_run', 'recipe_id', 'recipe_config']
+           'course_threads', 'course_settings', 'course_recipe', 'course_run', 'course_recipe_for', 'recipe_id',
+           'recipe_config']
 
 # %% ../nbs/09a_stage.ipynb #c19b7bcf
 import fcntl, hashlib, json, os, pickle, shutil, time
@@ -22,19 +23,19 @@ import torch.distributed as dist
 from fastcore.docments import docments
 from fastcore.script import CliError
 
-from .config import Flag, FlagError, MiniMindConfig, PRESETS, count_parameters, check_flag, function_flags, enable_yarn
+from .config import Flag, FlagError, MiniMindConfig, FAMILIES, PRESETS, config_family, count_parameters, check_flag, function_flags, enable_yarn
 from .corpus import DataError, cache_root, CORPUS_VERSION, default_corpus
-from .tokenizer import MiniMindTokenizer, load_tokenizer
+from .tokenizer import MiniMindTokenizer, load_tokenizer, shipped_tokenizer_dir
 from .model import MiniMindForCausalLM, WEIGHTS_NAME, load_state_dict_file
 from .datasets import tokenize_to_shards
 from .trainer import Trainer, TrainConfig, init_distributed, default_loss, TrainingError, check_out_dir, checkpoint_candidates
 
 # %% ../nbs/09a_stage.ipynb #23582b2b
-def checkpoint_tokenizer(folder=None, tokenizer=None) -> MiniMindTokenizer:
-    "The tokenizer for the model in `folder`: `tokenizer` (an object or a folder) when given, else the one saved in `folder`, else the shipped one."
+def checkpoint_tokenizer(folder=None, tokenizer=None, layout:str='minimind2') -> MiniMindTokenizer:
+    "The tokenizer for the model in `folder`: `tokenizer` (an object or a folder) when given, else the one saved in `folder`, else the one shipped in `layout`."
     if isinstance(tokenizer, MiniMindTokenizer): return tokenizer
     if tokenizer is None and folder is not None and (Path(folder) / 'tokenizer.json').is_file(): tokenizer = folder
-    return load_tokenizer(tokenizer)
+    return load_tokenizer(tokenizer, layout)
 
 def resolve_device(device=None) -> torch.device:
     "The `torch.device` named by `device`; None or 'auto': the GPU when there is one, else the CPU. A GPU this machine lacks is a `FlagError`."
@@ -105,7 +106,7 @@ def load_checkpoint_folder(folder, tokenizer=None, lora=None, device=None, *, in
         raise ValueError(f"{label}: {weights.name} is not a plain state dict of tensors ({str(e).splitlines()[0]})") from None
     except ValueError as e:
         raise ValueError(str(e) if str(e).startswith(label) else f"{label}: {e}") from None
-    tok = None if tokenizer is False else checkpoint_tokenizer(home, tokenizer)
+    tok = None if tokenizer is False else checkpoint_tokenizer(home, tokenizer, model.config.family)
     if tok is not None and tok.vocab_size > model.config.vocab_size:
         raise ValueError(f"{label}: the tokenizer has {tok.vocab_size} tokens but the model only {model.config.vocab_size} "
                          "embeddings: pass the tokenizer the model was trained with (--tokenizer)")
@@ -171,7 +172,7 @@ class Stage:
     def __init__(self, cfg:TrainConfig,
                  init:str=None,  # folder of the model to start from (config.json + weights)
                  data:str=None,  # training data, a JSONL file; default: the embedded corpus's file for this stage
-                 tokenizer:str=None,  # tokenizer folder; default: the one saved with --init, else the one shipped with the package
+                 tokenizer:str=None,  # tokenizer folder; default: the one saved with --init, else the one shipped with the package for the model's generation
                  val_fraction:float=None,  # share of the data held out for the validation loss
                  skip_bad_lines:bool=False,  # skip (and count) malformed JSONL lines instead of stopping at the first
                  cache_dir=None):  # token cache folder (default: the corpus cache, $MINIMIND_CACHE)
@@ -189,6 +190,10 @@ class Stage:
     def loss(self, model): return default_loss
     def collate(self): return None
     def source(self) -> str: return str(self.init)
+    def layout(self) -> str:
+        "The shipped tokenizer's layout, used when neither `--tokenizer` nor `--init`'s folder has one: the generation in `--init`'s config.json."
+        try: return config_family(json.loads((Path(self.init) / 'config.json').read_text()))
+        except (TypeError, OSError, ValueError, AttributeError): return 'minimind2'
     def describe(self, model) -> str: return ''
     def details(self, record:dict) -> str: return ''
     def finish(self, trainer) -> str: return ''
@@ -201,7 +206,7 @@ class Stage:
         self.check()
         fresh_out = not Path(cfg.out_dir).exists()
         check_out_dir(cfg.out_dir)           # a file, a path under a file, no permission: one line naming --out, now
-        self.tokenizer = checkpoint_tokenizer(self.init, self.tokenizer_source)
+        self.tokenizer = checkpoint_tokenizer(self.init, self.tokenizer_source, self.layout())
         self.env = env = init_distributed(use_deepspeed=cfg.use_deepspeed)  # joined before the data: rank 0 tokenizes first
         trained = False
         try:
@@ -364,6 +369,13 @@ def course_run(name:str, recipe:dict, train, root=None) -> Path:
             _write_json(marker, wanted)  # the marker is written last: its presence means the run completed
             return out
         finally: fcntl.flock(lock, fcntl.LOCK_UN)
+
+def course_recipe_for(recipe:dict, family:str='minimind2') -> tuple:
+    "`(cache suffix, recipe)` of a course stage for a generation: MiniMind2's as it is; minimind-3's with a '3' and the shipped minimind-3 tokenizer's hash (a new tokenizer is a new run)."
+    check_flag('family', family, choices=FAMILIES)
+    if family == 'minimind2': return '', recipe
+    tokenizer = hashlib.sha1((shipped_tokenizer_dir('minimind3') / 'tokenizer.json').read_bytes()).hexdigest()[:12]
+    return '3', dict(recipe, tokenizer=tokenizer)
 
 def recipe_id(folder) -> str:
     "A short hash of the recipe a `course_run` folder was trained with (children put it in their own recipe)."

@@ -503,6 +503,21 @@ def split_added_tokens(texts:Iterable[str], tokens:Optional[list]=None) -> Itera
         yield from (piece for piece in pattern.split(text) if piece)
 
 # %% ../nbs/02_tokenizer.ipynb #79351062
+def _drop_newline_runs(spec:dict, vocab_size:int) -> dict:
+    "`spec` (a trained BPE's tokenizer.json) without any token made only of newlines (and every merge built on one), cut to `vocab_size` ids by its last merges."
+    model = spec['model']
+    banned = lambda t: len(t) > 1 and set(t) == {'Ċ'}           # 'Ċ' is the newline byte in byte-level BPE's alphabet
+    gone, merges = set(), []
+    for a, b in model['merges']:
+        if a in gone or b in gone or banned(a + b): gone.add(a + b)
+        else: merges.append([a, b])
+    keep = sorted((i, t) for t, i in model['vocab'].items() if t not in gone)
+    while len(keep) > vocab_size:                                 # the last merges go first: what is left is still a BPE
+        a, b = merges.pop(); keep.remove(next(x for x in keep if x[1] == a + b))
+    model['vocab'], model['merges'] = {t: i for i, (_, t) in enumerate(keep)}, merges
+    assert all(model['vocab'][t['content']] == t['id'] for t in spec['added_tokens'])   # the added tokens come first: their ids stay
+    return spec
+
 def train_tokenizer(texts:Iterable[str], vocab_size:int=6400, min_frequency:int=2, show_progress:bool=True, length:Optional[int]=None,
                     layout:str='minimind2') -> MiniMindTokenizer:
     "Train a byte-level BPE on `texts` with MiniMind2's layout (<|endoftext|>, <|im_start|>, <|im_end|> = 0, 1, 2, then the tags) or minimind-3's (36 added tokens, its template)."
@@ -511,14 +526,16 @@ def train_tokenizer(texts:Iterable[str], vocab_size:int=6400, min_frequency:int=
     added_tokens = specials + tags
     if vocab_size < len(added_tokens) + 256:
         raise ValueError(f"vocab_size={vocab_size} is too small: it must hold {len(added_tokens)} added tokens and 256 bytes (>= {len(added_tokens)+256})")
+    runs = layout == 'minimind3'   # its generation prompt ends in '</think>\n\n': that must cut as it does before a reply
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # 'Hi' at a text's start stays 'Hi', not ' Hi'
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=added_tokens,  # ids 0.., in order
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size + 64 * runs, min_frequency=min_frequency, special_tokens=added_tokens,  # ids 0.., in order
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)  # all 256 bytes
     tokenizer.train_from_iterator(split_added_tokens(texts, added_tokens), trainer, length=length)
     spec = json.loads(tokenizer.to_str())  # the trainer marks all its tokens special: make the tags plain added tokens
     for token in spec['added_tokens']: token['special'] = token['content'] in specials
+    if runs: spec = _drop_newline_runs(spec, vocab_size)
     trained = Tokenizer.from_str(json.dumps(spec))
     if layout == 'minimind2': return MiniMindTokenizer(trained)
     config = dict(default_tokenizer_config(trained, MINIMIND3_CHAT_TEMPLATE), additional_special_tokens=specials[1:], model_max_length=131072)
@@ -577,17 +594,19 @@ def encoding_speed(tokenizer:MiniMindTokenizer, texts:list, repeats:int=3) -> di
                 bytes_per_token=n_bytes/max(n_tokens, 1), megabytes=n_bytes/1e6, seconds=wall)
 
 # %% ../nbs/02_tokenizer.ipynb #e992c4da
-def shipped_tokenizer_dir() -> Path:
-    "Folder of the tokenizer that ships with the package (trained on the embedded corpus)."
-    return Path(str(resources.files('minimind') / 'assets' / 'tokenizer'))
+def shipped_tokenizer_dir(layout:str='minimind2') -> Path:
+    "Folder of a tokenizer that ships with the package: MiniMind2's layout (trained on the embedded corpus), or minimind-3's (chapter 15b)."
+    if layout not in LAYOUTS: raise ValueError(f"layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    return Path(str(resources.files('minimind') / 'assets' / ('tokenizer' if layout == 'minimind2' else 'tokenizer3')))
 
-def load_tokenizer(path:Union[str, Path, None]=None) -> MiniMindTokenizer:
-    "The tokenizer in folder `path`, or the one shipped with the package when `path` is None."
-    return MiniMindTokenizer.from_pretrained(shipped_tokenizer_dir() if path is None else path)
+def load_tokenizer(path:Union[str, Path, None]=None, layout:str='minimind2') -> MiniMindTokenizer:
+    "The tokenizer in folder `path`, or the one shipped with the package in `layout` when `path` is None."
+    return MiniMindTokenizer.from_pretrained(shipped_tokenizer_dir(layout) if path is None else path)
 
 def default_training_files() -> list:
     "The embedded corpus' training files, which the shipped tokenizer was trained on (the evaluation sets are left out)."
     return [path for name, path in default_corpus().items() if not name.startswith('eval')]
+
 
 # %% ../nbs/02_tokenizer.ipynb #1ed4c3ec
 @cli

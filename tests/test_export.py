@@ -384,15 +384,26 @@ def test_import_works_without_the_optional_packages():
     assert 'ERR gguf is needed' in r.stdout and 'pip install -e ".[hf]"' in r.stdout
 
 
-def test_llama_cpp_runs_the_gguf(tmp_path, tok):
-    "Where llama-cpp-python is installed (not part of the hf extra): llama.cpp itself computes MiniMind's logits and tokens."
+LLAMA_CPP_MODELS = {'minimind2': ('tiny', 'minimind2'), 'minimind3': ('tiny3', 'minimind3'), 'minimind3-moe': ('tiny3-moe', 'minimind3')}
+
+
+@pytest.mark.parametrize('which', list(LLAMA_CPP_MODELS))
+def test_llama_cpp_runs_the_gguf(tmp_path, which):
+    "Where llama-cpp-python is installed (not part of the hf extra): llama.cpp itself (llama, qwen3, qwen3moe) computes MiniMind's logits and tokens."
     llama_cpp = pytest.importorskip('llama_cpp')
     import numpy as np
-    model = make_model(9)
-    path = to_gguf(model, tmp_path / 'm.gguf')
+    from minimind.tokenizer import shipped_tokenizer_dir
+    preset, layout = LLAMA_CPP_MODELS[which]
+    torch.manual_seed(9)
+    model = MiniMindForCausalLM(MiniMindConfig.from_preset(preset, vocab_size=6400)).eval()
+    with torch.no_grad():   # QK-norm and router weights away from their initial values, so a misplaced one shows
+        for name, p in model.named_parameters():
+            if name.endswith(('q_norm.weight', 'k_norm.weight')): p.uniform_(0.5, 1.5)
+    tok = load_tokenizer(layout=layout)
+    path = to_gguf(model, tmp_path / 'm.gguf', shipped_tokenizer_dir(layout))
     # float32 KV cache (llama.cpp's default is float16), plain attention: then only summation order differs
     llm = llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=1, type_k=0, type_v=0, flash_attn=False)
-    text = '<|im_start|>' + TEXT[0] + ' ' + TEXT[1]
+    text = '<|im_start|>' + TEXT[0] + ' ' + TEXT[1] + ('<tool_call>{"name": "add"}</tool_call>' if layout == 'minimind3' else '')
     ids = llm.tokenize(text.encode('utf-8'), add_bos=False, special=True)
     assert ids == tok.encode(text)                  # llama.cpp's BPE with our vocab, merges and pre-tokenizer
     llm.eval(ids)
@@ -407,3 +418,31 @@ def test_llama_cpp_runs_the_gguf(tmp_path, tok):
         generated.append(token)
         if len(generated) == len(mine): break
     assert generated == mine
+
+
+@pytest.mark.parametrize('name', ['dense_tiny', 'moe_tiny'])
+def test_llama_cpp_runs_the_reference_minimind3_gguf(tmp_path, name):
+    "Where llama-cpp-python is installed: minimind-3's reference weights as a qwen3 / qwen3moe GGUF, run by llama.cpp, give the reference's logits and greedy tokens."
+    llama_cpp = pytest.importorskip('llama_cpp')
+    import numpy as np
+    from safetensors.torch import load_file
+    fixtures = fixtures_dir()
+    if fixtures is None: pytest.skip('reference fixtures not found')
+    folder = fixtures / 'minimind3'
+    config = MiniMindConfig.load(folder / f'{name}.config.json')
+    model = MiniMindForCausalLM.from_pretrained(folder / f'{name}.weights.safetensors', config=config).eval()
+    expected = load_file(str(folder / f'{name}.expected.safetensors'))
+    path = to_gguf(model, tmp_path / f'{name}.gguf', folder)
+    llm = llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=1, type_k=0, type_v=0, flash_attn=False)
+    for row in range(expected['input_ids'].shape[0]):
+        ids = expected['input_ids'][row].tolist()
+        llm.reset(); llm.eval(ids)
+        theirs = np.asarray(llm.scores[:len(ids)], dtype=np.float64)
+        assert abs(theirs - expected['logits'][row].double().numpy()).max() <= 1e-4
+    prompt, want = expected['greedy_ids'][0, :8].tolist(), expected['greedy_ids'][0, 8:].tolist()
+    llm.reset()
+    generated = []
+    for token in llm.generate(prompt, top_k=1, temp=0.0):
+        generated.append(token)
+        if len(generated) == len(want): break
+    assert generated == want

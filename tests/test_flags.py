@@ -49,6 +49,8 @@ def test_every_stage_checks_the_loop_flags(stage, flags, message, tmp_path, caps
     ('minimind.grpo', 'grpo_cli', ['--top_p', '0'], '--top-p 0.0: must be greater than 0'),
     ('minimind.grpo', 'grpo_cli', ['--reward', 'format,fluency'], "unknown reward 'fluency'; choose from answer, format, length, repetition"),
     ('minimind.pretrain', 'pretrain_cli', ['--preset', 'huge'], "--preset 'huge': choose one of"),
+    ('minimind.tools', 'minimind_tool_results', ['--family', 'minimind4'], "--family 'minimind4': choose one of"),
+    ('minimind.tools', 'minimind_tool_results', ['--n_per_kind', '1'], '--n-per-kind 1: must be at least 2'),
     ('minimind.sft', 'sft_cli', ['--val_fraction', '0.9'], '--val-fraction 0.9: must be at most 0.5'),
     ('minimind.eval', 'eval_cli', ['ckpt', '--limit', '0'], '--limit 0: must be at least 1'),
     ('minimind.eval', 'eval_cli', ['ckpt', '--max_new_tokens', '-1'], '--max-new-tokens -1: must be at least 1'),

@@ -52,6 +52,23 @@ def test_tiny_run_writes_a_loadable_model_and_resumes(tmp_path, data):
     assert [m['step'] for m in read_metrics(out) if 'loss' in m] == list(range(1, 9))
 
 
+def test_a_minimind3_preset_trains_with_minimind3s_tokenizer(tmp_path, data):
+    "A tiny3 model gets the shipped minimind-3 tokenizer (36 added tokens, <tool_call> one id, its template), saved beside it; --tokenizer still wins."
+    from minimind.config import MiniMindConfig
+    from minimind.tokenizer import MINIMIND3_CHAT_TEMPLATE, load_tokenizer, shipped_tokenizer_dir
+    out = tmp_path / 'out3'
+    r = run(PRETRAIN, '--data', data, '--out', out, '--preset', 'tiny3', *TINY[:6], cache=tmp_path / 'cache')
+    assert r.returncode == 0, r.stderr[-3000:]
+    tok = load_tokenizer(out)
+    assert MiniMindConfig.load(out).family == 'minimind3' and tok.chat_template == MINIMIND3_CHAT_TEMPLATE
+    assert tok.encode('<tool_call>') == [load_tokenizer(layout='minimind3').token_to_id('<tool_call>')]
+    assert (out / 'tokenizer.json').read_bytes() == (shipped_tokenizer_dir('minimind3') / 'tokenizer.json').read_bytes()
+    out2 = tmp_path / 'out2'   # the MiniMind2-layout tokenizer when asked for
+    r = run(PRETRAIN, '--data', data, '--out', out2, '--preset', 'tiny3', '--tokenizer', shipped_tokenizer_dir(), *TINY[:6], cache=tmp_path / 'cache')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert load_tokenizer(out2).chat_template != MINIMIND3_CHAT_TEMPLATE and len(load_tokenizer(out2).encode('<tool_call>')) > 1
+
+
 def test_bad_line_reported_with_its_line_number(tmp_path, data):
     bad = tmp_path / 'bad.jsonl'
     lines = data.read_text().splitlines(keepends=True)[:20]
