@@ -152,16 +152,21 @@ def test_import_back_is_exact(dense_export, moe_export, tmp_path):
         assert all(torch.equal(mine[k], resaved[k]) for k in mine)
 
 
-def exported_reference(generation:str, name:str, arch:str, out):
-    """The reference fixture `generation/name` as our model, exported to transformers at `out`: checks that transformers loads
-    it as `arch` and reproduces the reference's logits and greedy tokens; returns (model, config, expected, folder)."""
+def reference_model(generation:str, name:str) -> tuple:
+    "The reference fixture `generation/name` as our model: `(model, config, expected outputs, fixture folder)`; skips without fixtures."
     fixtures = fixtures_dir()
     if fixtures is None: pytest.skip('reference fixtures not found')
     folder = fixtures / generation
     from safetensors.torch import load_file
     config = MiniMindConfig.load(folder / f'{name}.config.json')
     model = MiniMindForCausalLM.from_pretrained(folder / f'{name}.weights.safetensors', config=config).eval()
-    expected = load_file(str(folder / f'{name}.expected.safetensors'))
+    return model, config, load_file(str(folder / f'{name}.expected.safetensors')), folder
+
+
+def exported_reference(generation:str, name:str, arch:str, out):
+    """The reference fixture `generation/name` as our model, exported to transformers at `out`: checks that transformers loads
+    it as `arch` and reproduces the reference's logits and greedy tokens; returns (model, config, expected, folder)."""
+    model, config, expected, folder = reference_model(generation, name)
     exported = to_hf(model, out, tokenizer=folder)
     hf = AutoModelForCausalLM.from_pretrained(exported).eval()
     assert type(hf).__name__ == arch
@@ -278,13 +283,7 @@ def test_gguf_rope_scaling_keys(tmp_path, tok, scaling):
 
 def test_reference_yarn_exports_exactly(tmp_path):
     "yarn_tiny (MiniMind2 with inference_rope_scaling): transformers and the GGUF formulas give the reference's logits."
-    fixtures = fixtures_dir()
-    if fixtures is None: pytest.skip('reference fixtures not found')
-    from safetensors.torch import load_file
-    folder = fixtures / 'minimind2'
-    config = MiniMindConfig.load(folder / 'yarn_tiny.config.json')
-    model = MiniMindForCausalLM.from_pretrained(folder / 'yarn_tiny.weights.safetensors', config=config).eval()
-    expected = load_file(str(folder / 'yarn_tiny.expected.safetensors'))
+    model, config, expected, folder = reference_model('minimind2', 'yarn_tiny')
     out = to_hf(model, tmp_path / 'hf', tokenizer=folder)
     saved = json.loads((out / 'config.json').read_text())
     assert saved['rope_parameters']['attention_factor'] == 1.0 and saved['rope_scaling']['rope_type'] == 'yarn'
@@ -384,6 +383,20 @@ def test_import_works_without_the_optional_packages():
     assert 'ERR gguf is needed' in r.stdout and 'pip install -e ".[hf]"' in r.stdout
 
 
+def llama_cpp_model(llama_cpp, path):
+    "llama.cpp on the GGUF at `path` with a float32 KV cache (its default is float16) and plain attention: then only summation order differs."
+    return llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=1, type_k=0, type_v=0, flash_attn=False)
+
+
+def llama_cpp_greedy(llm, prompt:list, n:int) -> list:
+    "The first `n` tokens llama.cpp's own sampler continues `prompt` with, greedily."
+    generated = []
+    for token in llm.generate(prompt, top_k=1, temp=0.0):
+        generated.append(token)
+        if len(generated) == n: break
+    return generated
+
+
 LLAMA_CPP_MODELS = {'minimind2': ('tiny', 'minimind2'), 'minimind3': ('tiny3', 'minimind3'), 'minimind3-moe': ('tiny3-moe', 'minimind3')}
 
 
@@ -396,13 +409,12 @@ def test_llama_cpp_runs_the_gguf(tmp_path, which):
     preset, layout = LLAMA_CPP_MODELS[which]
     torch.manual_seed(9)
     model = MiniMindForCausalLM(MiniMindConfig.from_preset(preset, vocab_size=6400)).eval()
-    with torch.no_grad():   # QK-norm and router weights away from their initial values, so a misplaced one shows
+    with torch.no_grad():   # QK-norm gains away from their initial 1, so a misplaced or missing one shows
         for name, p in model.named_parameters():
             if name.endswith(('q_norm.weight', 'k_norm.weight')): p.uniform_(0.5, 1.5)
     tok = load_tokenizer(layout=layout)
     path = to_gguf(model, tmp_path / 'm.gguf', shipped_tokenizer_dir(layout))
-    # float32 KV cache (llama.cpp's default is float16), plain attention: then only summation order differs
-    llm = llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=1, type_k=0, type_v=0, flash_attn=False)
+    llm = llama_cpp_model(llama_cpp, path)
     text = '<|im_start|>' + TEXT[0] + ' ' + TEXT[1] + ('<tool_call>{"name": "add"}</tool_call>' if layout == 'minimind3' else '')
     ids = llm.tokenize(text.encode('utf-8'), add_bos=False, special=True)
     assert ids == tok.encode(text)                  # llama.cpp's BPE with our vocab, merges and pre-tokenizer
@@ -413,11 +425,7 @@ def test_llama_cpp_runs_the_gguf(tmp_path, which):
     llm.reset()
     prompt = tok.encode('<|im_start|>' + TEXT[0])
     mine = model.generate(torch.tensor([prompt]), max_new_tokens=8, temperature=0, eos_token_id=2)[0, len(prompt):].tolist()
-    generated = []
-    for token in llm.generate(prompt, top_k=1, temp=0.0):   # greedy, llama.cpp's sampler
-        generated.append(token)
-        if len(generated) == len(mine): break
-    assert generated == mine
+    assert llama_cpp_greedy(llm, prompt, len(mine)) == mine
 
 
 @pytest.mark.parametrize('name', ['dense_tiny', 'moe_tiny'])
@@ -425,15 +433,8 @@ def test_llama_cpp_runs_the_reference_minimind3_gguf(tmp_path, name):
     "Where llama-cpp-python is installed: minimind-3's reference weights as a qwen3 / qwen3moe GGUF, run by llama.cpp, give the reference's logits and greedy tokens."
     llama_cpp = pytest.importorskip('llama_cpp')
     import numpy as np
-    from safetensors.torch import load_file
-    fixtures = fixtures_dir()
-    if fixtures is None: pytest.skip('reference fixtures not found')
-    folder = fixtures / 'minimind3'
-    config = MiniMindConfig.load(folder / f'{name}.config.json')
-    model = MiniMindForCausalLM.from_pretrained(folder / f'{name}.weights.safetensors', config=config).eval()
-    expected = load_file(str(folder / f'{name}.expected.safetensors'))
-    path = to_gguf(model, tmp_path / f'{name}.gguf', folder)
-    llm = llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=1, type_k=0, type_v=0, flash_attn=False)
+    model, config, expected, folder = reference_model('minimind3', name)
+    llm = llama_cpp_model(llama_cpp, to_gguf(model, tmp_path / f'{name}.gguf', folder))
     for row in range(expected['input_ids'].shape[0]):
         ids = expected['input_ids'][row].tolist()
         llm.reset(); llm.eval(ids)
@@ -441,8 +442,4 @@ def test_llama_cpp_runs_the_reference_minimind3_gguf(tmp_path, name):
         assert abs(theirs - expected['logits'][row].double().numpy()).max() <= 1e-4
     prompt, want = expected['greedy_ids'][0, :8].tolist(), expected['greedy_ids'][0, 8:].tolist()
     llm.reset()
-    generated = []
-    for token in llm.generate(prompt, top_k=1, temp=0.0):
-        generated.append(token)
-        if len(generated) == len(want): break
-    assert generated == want
+    assert llama_cpp_greedy(llm, prompt, len(want)) == want
